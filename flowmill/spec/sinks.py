@@ -1,0 +1,124 @@
+"""Where a step's results go: Redis for serving, a Kafka topic, a Parquet lake."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from flowmill.spec.common import (
+    Duration,
+    FieldPath,
+    SpecModel,
+    TopicName,
+    cel_rule,
+)
+
+SINK_KINDS = ["redis", "kafka", "parquet"]
+
+
+class GeoFields(SpecModel):
+    """Which fields hold a position, so the API can answer bounding-box queries."""
+
+    lat: FieldPath
+    """Latitude field (degrees)."""
+    lon: FieldPath
+    """Longitude field (degrees)."""
+
+
+class RedisSink(SpecModel):
+    """A serving table in Redis that the API reads; values are written absolutely, so a
+    replay after a crash rewrites the same value instead of adding to it."""
+
+    table: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", min_length=1, max_length=60)
+    """Table name; the API serves it at /pipelines/{pipeline}/tables/{table}."""
+    ttl: Duration | None = None
+    """How long an entry lives after its last write; unset keeps it forever."""
+    geo: GeoFields | None = None
+    """Position fields of a latest-state table, for bounding-box queries and the map."""
+    publish: bool = True
+    """Publish each write for live updates (SSE/WebSocket)."""
+
+
+class KafkaSink(SpecModel):
+    """Write results to a topic, where further steps or other systems read them."""
+
+    topic: TopicName
+    """Output topic; must be declared in spec.topics."""
+    key: FieldPath | None = None
+    """Field used as the message key; defaults to the step's keyBy."""
+
+
+class S3Target(SpecModel):
+    """An S3-compatible bucket (AWS S3, MinIO, Ceph)."""
+
+    bucket: str = Field(min_length=3, max_length=63)
+    """Bucket name."""
+    prefix: str = Field(default="", max_length=500)
+    """Key prefix inside the bucket."""
+    endpoint: str | None = Field(default=None, max_length=500)
+    """Endpoint URL for non-AWS stores; unset uses AWS."""
+    region: str | None = Field(default=None, max_length=40)
+    """Bucket region."""
+    credentials_secret: str | None = Field(default=None, max_length=253)
+    """Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, mounted as environment."""
+
+
+class ParquetSink(SpecModel):
+    """Land events as Parquet files partitioned by date (and hour), readable by DuckDB,
+    Athena, Spark or pandas."""
+
+    model_config = SpecModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel_rule("has(self.path) != has(self.s3)", "set exactly one of path, s3")
+            ]
+        }
+    }
+
+    path: str | None = Field(default=None, max_length=1000)
+    """Local or mounted directory; set this or s3."""
+    s3: S3Target | None = None
+    """Write to an S3-compatible bucket instead of a path."""
+    time_field: FieldPath | None = None
+    """Field that decides an event's partition; unset uses the time it was processed."""
+    partition_by: Literal["date", "hour"] = "hour"
+    """`date` writes date=YYYY-MM-DD/, `hour` adds hour=HH/ below it."""
+    flush_interval: Duration = "60s"
+    """Longest time events wait in memory before a file is written."""
+    max_rows: int = Field(default=100_000, ge=1)
+    """A file is written once this many events are waiting."""
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.path is None) == (self.s3 is None):
+            raise ValueError("a parquet sink sets exactly one of path, s3")
+        return self
+
+
+class SinkSpec(SpecModel):
+    """One or more outputs of a step; every kind set receives every result."""
+
+    model_config = SpecModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel_rule(
+                    "has(self.redis) || has(self.kafka) || has(self.parquet)",
+                    "a sink sets at least one of redis, kafka, parquet",
+                )
+            ]
+        }
+    }
+
+    redis: RedisSink | None = None
+    """Serving table in Redis."""
+    kafka: KafkaSink | None = None
+    """Output topic."""
+    parquet: ParquetSink | None = None
+    """Parquet lake."""
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Self:
+        if self.redis is None and self.kafka is None and self.parquet is None:
+            raise ValueError("a sink sets at least one of redis, kafka, parquet")
+        return self

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Installs everything flowmill's local runs and tests need, into a cache that outlives clones.
+#
+#   scripts/provision.sh            all components (tests need them)
+#   scripts/provision.sh --local    only what `flowmill run` needs: Python env, Kafka, Redis
+#
+# Idempotent: each component is checked first and skipped when present, so a second run
+# does nothing. Components land in $FLOWMILL_CACHE (default ~/.cache/flowmill); the
+# Python environment is .venv in the repository.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${FLOWMILL_CACHE:-$HOME/.cache/flowmill}
+BIN=$CACHE/bin
+HERE=$ROOT/scripts/provision
+
+KUBE_VERSION=v1.34.4
+ETCD_VERSION=v3.5.21
+HELM_VERSION=v3.16.4
+KAFKA_VERSION=3.9.1
+
+mkdir -p "$BIN"
+say() { printf '[provision] %s\n' "$*"; }
+have_stamp() { [ -f "$CACHE/$1.stamp" ] && [ "$(cat "$CACHE/$1.stamp")" = "$2" ]; }
+put_stamp() { printf '%s' "$2" > "$CACHE/$1.stamp"; }
+
+APT_UPDATED=0
+apt_install() {
+  if [ "$APT_UPDATED" = 0 ]; then
+    say "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+provision_python_env() {
+  local want
+  want=$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)
+  if [ -x "$ROOT/.venv/bin/python" ] && [ -f "$ROOT/.venv/.stamp" ] && [ "$(cat "$ROOT/.venv/.stamp")" = "$want" ]; then
+    say "python env: present"
+    return
+  fi
+  say "python env: creating .venv and installing flowmill[dev]"
+  python3.11 -m venv "$ROOT/.venv"
+  "$ROOT/.venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$ROOT/.venv/bin/pip" install -q -e "$ROOT[dev]"
+  printf '%s' "$want" > "$ROOT/.venv/.stamp"
+}
+
+provision_kafka() {
+  if have_stamp kafka "$KAFKA_VERSION" && [ -s "$CACHE/kafka/classpath.txt" ]; then
+    say "kafka $KAFKA_VERSION: present"
+    return
+  fi
+  say "kafka $KAFKA_VERSION: resolving broker jars from Maven Central"
+  mkdir -p "$CACHE/kafka"
+  mvn -q -B -f "$HERE/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    -Dmaven.repo.local="$CACHE/kafka/m2" \
+    dependency:build-classpath -Dmdep.outputFile="$CACHE/kafka/classpath.txt" >/dev/null
+  put_stamp kafka "$KAFKA_VERSION"
+}
+
+provision_redis() {
+  if command -v redis-server >/dev/null 2>&1; then
+    say "redis-server: present ($(redis-server --version | cut -d' ' -f3))"
+    return
+  fi
+  apt_install redis-server
+  # The Debian package starts a system service; tests start their own servers.
+  (service redis-server stop || true) >/dev/null 2>&1
+}
+
+provision_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    say "promtool: present"
+    return
+  fi
+  apt_install prometheus
+  (service prometheus stop || true) >/dev/null 2>&1
+}
+
+go_build() {  # go_build NAME STAMP MODULE_DIR PACKAGE LDFLAGS
+  local name=$1 stamp=$2 dir=$3 pkg=$4 ldflags=$5
+  if have_stamp "$name" "$stamp" && [ -x "$BIN/$name" ]; then
+    say "$name $stamp: present"
+    return
+  fi
+  say "$name $stamp: building from the Go module proxy (first time takes minutes)"
+  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$BIN/$name" "$pkg")
+  put_stamp "$name" "$stamp"
+}
+
+provision_kube() {
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  local v="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
+-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
+-X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION \
+-X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  go_build kube-apiserver "$KUBE_VERSION" "$HERE/kube" k8s.io/kubernetes/cmd/kube-apiserver "$v"
+  go_build kube-controller-manager "$KUBE_VERSION" "$HERE/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$v"
+  go_build kubectl "$KUBE_VERSION" "$HERE/kube" k8s.io/kubernetes/cmd/kubectl "$v"
+}
+
+provision_etcd() {
+  go_build etcd "$ETCD_VERSION" "$HERE/etcd" go.etcd.io/etcd/server/v3 "-s -w"
+}
+
+provision_helm() {
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  if have_stamp helm "$HELM_VERSION" && [ -x "$BIN/helm" ]; then
+    say "helm $HELM_VERSION: present"
+    return
+  fi
+  say "helm $HELM_VERSION: building from the Go module proxy"
+  CGO_ENABLED=0 GOBIN="$BIN" go install -trimpath -ldflags "-s -w \
+-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
+-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  put_stamp helm "$HELM_VERSION"
+}
+
+only=""
+case "${1:-}" in
+  --local) only=local ;;
+  "") ;;
+  *) only=$1 ;;
+esac
+
+case "$only" in
+  local) provision_python_env; provision_kafka; provision_redis ;;
+  python) provision_python_env ;;
+  kafka) provision_kafka ;;
+  redis) provision_redis ;;
+  kube) provision_etcd; provision_kube ;;
+  helm) provision_helm ;;
+  promtool) provision_promtool ;;
+  *) provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_etcd; provision_kube; provision_helm ;;
+esac
+say "done (cache: $CACHE)"
