@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from flowmill.spec.common import Name, SpecModel, TopicName, cel_rule
@@ -117,11 +117,12 @@ class ApiAutoscaling(SpecModel):
     cpu: int = Field(default=70, ge=1, le=100)
     """Target average CPU utilisation, percent of the request."""
 
-    @model_validator(mode="after")
-    def _range(self) -> Self:
-        if self.max_replicas < self.min_replicas:
+    @field_validator("max_replicas")
+    @classmethod
+    def _range(cls, value: int, info: ValidationInfo) -> int:
+        if value < info.data.get("min_replicas", 1):
             raise ValueError("maxReplicas must be >= minReplicas")
-        return self
+        return value
 
 
 class ApiSpec(SpecModel):
@@ -211,7 +212,7 @@ class PipelineSpec(SpecModel):
             return {
                 "type": PydanticCustomError(
                     "undeclared_topic",
-                    "topic {topic!r} is not declared in spec.topics",
+                    "topic '{topic}' is not declared in spec.topics",
                     {"topic": topic},
                 ),
                 "loc": loc,
@@ -228,7 +229,7 @@ class PipelineSpec(SpecModel):
                 if item.name in seen:
                     yield {
                         "type": PydanticCustomError(
-                            "duplicate_name", "duplicate name {name!r}", {"name": item.name}
+                            "duplicate_name", "duplicate name '{name}'", {"name": item.name}
                         ),
                         "loc": (kind, i, "name"),
                         "input": item.name,
@@ -257,7 +258,7 @@ class PipelineSpec(SpecModel):
                     yield {
                         "type": PydanticCustomError(
                             "duplicate_table",
-                            "table {table!r} is already written by spec.steps[{other}]",
+                            "table '{table}' is already written by spec.steps[{other}]",
                             {"table": table, "other": tables[table]},
                         ),
                         "loc": ("steps", i, "sink", "redis", "table"),

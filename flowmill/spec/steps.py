@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from flowmill.spec.common import (
     Duration,
@@ -141,6 +148,11 @@ class Aggregate(SpecModel):
         raise ValueError("an aggregate is `count` or {op: field}, e.g. {sum: fare}")
 
 
+# An aggregate as written in a manifest: the short forms are parsed per key, so an error
+# names the aggregate (spec.steps[0].aggregate.revenue).
+_ShortAggregate = Annotated[Aggregate, BeforeValidator(Aggregate.parse)]
+
+
 class CorrelateSpec(SpecModel):
     """Join the step's input with a second topic by key within a timeout, e.g. a trip's
     start and end events by trip_id."""
@@ -196,11 +208,12 @@ class StepAutoscaling(SpecModel):
     """hpa (autoscaling/v2 on an External metric) or keda (a ScaledObject with a Kafka
     trigger); unset uses the operator's default."""
 
-    @model_validator(mode="after")
-    def _range(self) -> Self:
-        if self.max_replicas < self.min_replicas:
+    @field_validator("max_replicas")
+    @classmethod
+    def _range(cls, value: int, info: ValidationInfo) -> int:
+        if value < info.data.get("min_replicas", 0):
             raise ValueError("maxReplicas must be >= minReplicas")
-        return self
+        return value
 
 
 class Resources(SpecModel):
@@ -273,8 +286,8 @@ class StepSpec(SpecModel):
     """Field that keys the events (windows, latest-state tables and output keys)."""
     window: WindowSpec | None = None
     """Time windows; needs keyBy and aggregate."""
-    aggregate: Annotated[dict[str, Aggregate], WithJsonSchema(_AGGREGATE_SCHEMA)] | None = Field(
-        default=None, max_length=50
+    aggregate: Annotated[dict[str, _ShortAggregate], WithJsonSchema(_AGGREGATE_SCHEMA)] | None = (
+        Field(default=None, max_length=50)
     )
     """Output field to aggregate, e.g. {trips: count, revenue: {sum: fare}}."""
     latest: LatestSpec | None = None
@@ -287,13 +300,6 @@ class StepSpec(SpecModel):
     """Scale on consumer lag instead of a fixed replica count."""
     resources: Resources | None = None
     """Container resources of the step's workers."""
-
-    @field_validator("aggregate", mode="before")
-    @classmethod
-    def _parse_aggregates(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {name: Aggregate.parse(agg) for name, agg in value.items()}
-        return value
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:

@@ -1,0 +1,106 @@
+"""The `flowmill` command: one image, one entry point, the component chosen by subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from flowmill.manifest import PipelineInvalid, load_pipelines
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            pipelines = load_pipelines(path)
+        except PipelineInvalid as err:
+            print(err, file=sys.stderr)
+            failed = True
+            continue
+        except OSError as err:
+            print(f"{path}: {err.strerror}", file=sys.stderr)
+            failed = True
+            continue
+        for p in pipelines:
+            s = p.spec
+            print(
+                f"{path}: Pipeline {p.name} is valid "
+                f"({len(s.topics)} topics, {len(s.sources)} sources, {len(s.steps)} steps)"
+            )
+    return 1 if failed else 0
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from flowmill.crd import render_crd, write_crd_files
+
+    if args.write:
+        for path in write_crd_files():
+            print(f"wrote {path}")
+    else:
+        sys.stdout.write(render_crd())
+    return 0
+
+
+def _not_built(name: str, issue: int) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        print(
+            f"flowmill {name}: not built yet (tracked in issue #{issue}); nothing was run.",
+            file=sys.stderr,
+        )
+        return 2
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, separate from main() so tests and docs can inspect it."""
+    parser = argparse.ArgumentParser(
+        prog="flowmill",
+        description="Kubernetes-native streaming pipelines from one YAML manifest.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check Pipeline manifests; every error names its field")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(handler=_validate)
+
+    p = sub.add_parser("crd", help="print the Pipeline CRD generated from the spec models")
+    p.add_argument("--write", action="store_true", help="rewrite the committed CRD files")
+    p.set_defaults(handler=_crd)
+
+    p = sub.add_parser("render", help="print the manifests the operator would create")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(handler=_not_built("render", 3))
+
+    p = sub.add_parser("operator", help="run the Kopf operator")
+    p.set_defaults(handler=_not_built("operator", 3))
+
+    p = sub.add_parser("worker", help="run one source or step of a Pipeline")
+    p.add_argument("--pipeline", required=True, metavar="FILE")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--step", metavar="NAME")
+    group.add_argument("--source", metavar="NAME")
+    p.set_defaults(handler=_not_built("worker", 4))
+
+    p = sub.add_parser("api", help="serve a Pipeline's tables over HTTP")
+    p.add_argument("--pipeline", required=True, metavar="FILE")
+    p.set_defaults(handler=_not_built("api", 5))
+
+    p = sub.add_parser("run", help="run a whole Pipeline on this machine")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(handler=_not_built("run", 6))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `flowmill` console script."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Free TCP ports on the loopback interface, and the child processes of the servers started
+on them (see spawn())."""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports that were free a moment ago.
+
+    All sockets are held open until every port is chosen, so the kernel cannot hand out the
+    same port twice (calling free_port() repeatedly can). The ports are free again on return,
+    so another process could still take one before the caller binds it; callers that choose
+    ports themselves retry on a bind failure.
+    """
+    with ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOOPBACK, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago."""
+    return free_ports(1)[0]
+
+
+def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# Child processes of local servers. They live here, next to the ports they listen on, so that
+# kafka.py and redis.py share one way of starting, stopping and reaping servers.
+
+_live: set[subprocess.Popen[bytes]] = set()
+_live_lock = threading.Lock()
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Resolved once, before any fork: the child must not load libraries between fork and exec.
+_prctl = _load_prctl()
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    def preexec() -> None:
+        assert _prctl is not None
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        # The parent may have died between fork and prctl; then nobody would signal us.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
+def spawn(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a server process whose stdout and stderr go to log_path.
+
+    The server gets its own session so that Ctrl-C in a terminal reaches only Python, which
+    then stops servers in order. So that no server outlives Python, it is stopped at exit
+    (atexit) and, on Linux, also when Python dies without running atexit (SIGKILL,
+    os._exit from pytest-timeout): the kernel sends it SIGTERM when the thread that started
+    it exits. That is only armed when started from the main thread, since a worker thread
+    may end long before Python does.
+    """
+    preexec = None
+    if _prctl is not None and threading.current_thread() is threading.main_thread():
+        preexec = _die_with_parent(os.getpid())
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            # preexec_fn is unsafe with threads only if it takes locks; this one calls two syscalls.
+            preexec_fn=preexec,
+        )
+    with _live_lock:
+        _live.add(proc)
+    return proc
+
+
+def terminate(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within `grace` seconds."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    finally:
+        with _live_lock:
+            _live.discard(proc)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a log file, for error messages ("" when there is none)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@atexit.register
+def _stop_all() -> None:
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        terminate(proc, grace=5.0)
