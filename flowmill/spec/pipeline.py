@@ -20,6 +20,13 @@ PLURAL = "pipelines"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 
+# Optional fields are absent in CEL unless set, so the rule supplies the model defaults.
+_REPLICA_RANGE_RULE = (
+    "(has(self.maxReplicas) ? self.maxReplicas : 1) >= "
+    "(has(self.minReplicas) ? self.minReplicas : 1)"
+)
+
+
 class KafkaConnection(SpecModel):
     """The Kafka cluster the Pipeline's topics live on."""
 
@@ -102,7 +109,7 @@ class ApiAutoscaling(SpecModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel_rule(
-                    "self.maxReplicas >= self.minReplicas",
+                    _REPLICA_RANGE_RULE,
                     "maxReplicas must be >= minReplicas",
                     ".maxReplicas",
                 )
@@ -152,28 +159,38 @@ class PipelineSpec(SpecModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel_rule(
-                    "self.sources.all(s, self.topics.exists(t, t.name == s.to))",
+                    "!has(self.sources) || self.sources.all(s, self.topics.exists(t, t.name == s.to))",
                     "spec.sources[].to must name a topic declared in spec.topics",
                     ".sources",
                 ),
                 cel_rule(
-                    "self.steps.all(s, self.topics.exists(t, t.name == s.from))",
+                    "!has(self.steps) || self.steps.all(s, self.topics.exists(t, t.name == s.from))",
                     "spec.steps[].from must name a topic declared in spec.topics",
                     ".steps",
                 ),
                 cel_rule(
+                    "!has(self.steps) || "
                     "self.steps.all(s, !has(s.deadLetter) || "
                     "self.topics.exists(t, t.name == s.deadLetter))",
                     "spec.steps[].deadLetter must name a topic declared in spec.topics",
                     ".steps",
                 ),
                 cel_rule(
+                    "!has(self.steps) || self.steps.all(s, !has(s.validate) || "
+                    "!has(s.validate.deadLetter) || "
+                    "self.topics.exists(t, t.name == s.validate.deadLetter))",
+                    "spec.steps[].validate.deadLetter must name a topic declared in spec.topics",
+                    ".steps",
+                ),
+                cel_rule(
+                    "!has(self.steps) || "
                     "self.steps.all(s, !has(s.correlate) || "
                     "self.topics.exists(t, t.name == s.correlate.with))",
                     "spec.steps[].correlate.with must name a topic declared in spec.topics",
                     ".steps",
                 ),
                 cel_rule(
+                    "!has(self.steps) || "
                     "self.steps.all(s, !has(s.sink) || !has(s.sink.kafka) || "
                     "self.topics.exists(t, t.name == s.sink.kafka.topic))",
                     "spec.steps[].sink.kafka.topic must name a topic declared in spec.topics",
@@ -250,6 +267,26 @@ class PipelineSpec(SpecModel):
                 )
             if step.correlate and step.correlate.with_ not in declared:
                 yield missing(("steps", i, "correlate", "with"), step.correlate.with_)
+            elif step.correlate and step.from_ in declared:
+                ours, theirs = self.topic(step.from_), self.topic(step.correlate.with_)
+                if ours.partitions != theirs.partitions:
+                    # A join keeps its pending events per partition, so both sides of a key
+                    # must land in the same partition number.
+                    yield {
+                        "type": PydanticCustomError(
+                            "not_copartitioned",
+                            "topics '{a}' ({n} partitions) and '{b}' ({m}) must have the same "
+                            "partition count to be joined",
+                            {
+                                "a": ours.name,
+                                "n": ours.partitions,
+                                "b": theirs.name,
+                                "m": theirs.partitions,
+                            },
+                        ),
+                        "loc": ("steps", i, "correlate", "with"),
+                        "input": theirs.name,
+                    }
             if step.sink and step.sink.kafka and step.sink.kafka.topic not in declared:
                 yield missing(("steps", i, "sink", "kafka", "topic"), step.sink.kafka.topic)
             if step.sink and step.sink.redis:

@@ -97,7 +97,7 @@ class ParquetSink(SpecModel):
 
 
 class SinkSpec(SpecModel):
-    """One or more outputs of a step; every kind set receives every result."""
+    """The outputs of a step: redis and kafka may be combined; parquet stands alone."""
 
     model_config = SpecModel.model_config | {
         "json_schema_extra": {
@@ -105,7 +105,12 @@ class SinkSpec(SpecModel):
                 cel_rule(
                     "has(self.redis) || has(self.kafka) || has(self.parquet)",
                     "a sink sets at least one of redis, kafka, parquet",
-                )
+                ),
+                cel_rule(
+                    "!has(self.parquet) || !(has(self.redis) || has(self.kafka))",
+                    "a parquet sink stands alone: read the same topic from a second step",
+                    ".parquet",
+                ),
             ]
         }
     }
@@ -121,4 +126,9 @@ class SinkSpec(SpecModel):
     def _at_least_one(self) -> Self:
         if self.redis is None and self.kafka is None and self.parquet is None:
             raise ValueError("a sink sets at least one of redis, kafka, parquet")
+        if self.parquet is not None and (self.redis is not None or self.kafka is not None):
+            # A lake file is flushed minutes after its events are consumed, while serving
+            # tables advance every batch; one consumer group cannot checkpoint both, so
+            # each gets its own step (and its own group) on the same topic.
+            raise ValueError("a parquet sink stands alone: read the same topic from a second step")
         return self

@@ -13,26 +13,21 @@ from __future__ import annotations
 
 import atexit
 import base64
-import contextlib
-import ctypes
 import datetime as dt
 import ipaddress
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from cryptography import x509
@@ -44,6 +39,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from flowmill.local import find_binary
+from flowmill.local.ports import free_ports, spawn, tail, terminate
 
 SERVICE_CIDR = "10.0.0.0/24"
 # The first address of SERVICE_CIDR: the in-cluster `kubernetes` Service, which the serving
@@ -62,8 +58,6 @@ CONTROLLERS = (
     # that mount a projected service-account token expect it.
     "root-ca-certificate-publisher-controller",
 )
-
-_PR_SET_PDEATHSIG = 1
 
 T = TypeVar("T")
 
@@ -101,7 +95,6 @@ class KubeControlPlane:
         self.etcd_url: str | None = None
         self.startup_seconds: float | None = None
         self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-        self._log_files: list[IO[bytes]] = []
         self._atexit_registered = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -122,31 +115,30 @@ class KubeControlPlane:
         if self.dir is not None:
             raise RuntimeError("KubeControlPlane already started")
         # Look every binary up before creating anything, so a missing one fails cleanly.
-        binaries = {
-            name: find_binary(name) for name in ("etcd", "kube-apiserver", "kube-controller-manager")
-        }
+        etcd = find_binary("etcd")
+        apiserver = find_binary("kube-apiserver")
+        controller_manager = find_binary("kube-controller-manager")
         began = time.monotonic()
         self.dir = Path(tempfile.mkdtemp(prefix="flowmill-kube-"))
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
+        timings: list[str] = []
+
+        def timed(name: str, step: Callable[[], object]) -> None:
+            t0 = time.monotonic()
+            step()
+            timings.append(f"{name} {time.monotonic() - t0:.1f}s")
+
         try:
             pki = _Pki(self.dir / "pki")
-            steps = [
-                ("etcd", lambda: self._start_etcd(binaries["etcd"])),
-                ("kube-apiserver", lambda: self._start_apiserver(binaries["kube-apiserver"], pki)),
-                (
-                    "kube-controller-manager",
-                    lambda: self._start_controller_manager(
-                        binaries["kube-controller-manager"], pki
-                    ),
-                ),
-            ]
-            timings = [f"certs {time.monotonic() - began:.1f}s"]
-            for name, step in steps:
-                t0 = time.monotonic()
-                step()
-                timings.append(f"{name} {time.monotonic() - t0:.1f}s")
+            timings.append(f"certs {time.monotonic() - began:.1f}s")
+            timed("etcd", lambda: self._start_etcd(etcd))
+            timed("kube-apiserver", lambda: self._start_apiserver(apiserver, pki))
+            timed(
+                "kube-controller-manager",
+                lambda: self._start_controller_manager(controller_manager, pki),
+            )
         except BaseException:
             self.stop()
             raise
@@ -160,12 +152,9 @@ class KubeControlPlane:
     def stop(self) -> None:
         # Reverse order: the controller-manager and apiserver complain loudly (and slowly)
         # when what they depend on disappears first.
-        for name, proc, _ in reversed(self._procs):
-            _terminate(name, proc, self.stop_timeout)
+        for _, proc, _ in reversed(self._procs):
+            terminate(proc, self.stop_timeout)
         self._procs.clear()
-        for f in self._log_files:
-            f.close()
-        self._log_files.clear()
         if self.dir is not None:
             if self.keep_dir:
                 print(f"[kube] kept {self.dir}")
@@ -202,7 +191,8 @@ class KubeControlPlane:
 
     def install_crd(self, crd: dict[str, Any] | Path, timeout: float = 30.0) -> dict[str, Any]:
         """Create (or replace) a CustomResourceDefinition and wait until it is Established."""
-        manifest = yaml.safe_load(crd.read_text()) if isinstance(crd, Path) else crd
+        # Any: the client serialises plain dicts as they are, whatever its stubs say.
+        manifest: Any = yaml.safe_load(crd.read_text()) if isinstance(crd, Path) else crd
         name = manifest["metadata"]["name"]
         with self.api_client() as api_client:
             ext = k8s_client.ApiextensionsV1Api(api_client)
@@ -211,9 +201,11 @@ class KubeControlPlane:
             except ApiException as e:
                 if e.status != 409:
                     raise
-                current = ext.read_custom_resource_definition(name)
-                body = {**manifest, "metadata": {**manifest["metadata"]}}
-                body["metadata"]["resourceVersion"] = current.metadata.resource_version
+                current = api_client.sanitize_for_serialization(
+                    ext.read_custom_resource_definition(name)
+                )
+                body: Any = {**manifest, "metadata": {**manifest["metadata"]}}
+                body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                 ext.replace_custom_resource_definition(name, body=body)
 
             def established() -> dict[str, Any] | None:
@@ -221,9 +213,7 @@ class KubeControlPlane:
                     ext.read_custom_resource_definition(name)
                 )
                 conditions = (got.get("status") or {}).get("conditions") or []
-                ok = any(
-                    c["type"] == "Established" and c["status"] == "True" for c in conditions
-                )
+                ok = any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
                 return got if ok else None
 
             return wait_for(established, timeout, f"CRD {name} to be Established")
@@ -364,20 +354,8 @@ class KubeControlPlane:
     def _spawn(self, name: str, argv: Sequence[str]) -> None:
         assert self.dir is not None
         log_path = self.dir / f"{name}.log"
-        log = log_path.open("wb")
-        self._log_files.append(log)
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.dir,
-            # Own process group: a Ctrl-C in the terminal reaches pytest, which then stops us
-            # in order, instead of hitting every component at once.
-            start_new_session=True,
-            preexec_fn=_die_with_parent() if _on_main_thread() else None,
-        )
-        self._procs.append((name, proc, log_path))
+        # spawn() also stops the process at exit, or when Python dies without running atexit.
+        self._procs.append((name, spawn(argv, log_path, cwd=self.dir), log_path))
 
     def _wait(self, name: str, check: Callable[[], bool]) -> None:
         _, proc, log_path = next(p for p in self._procs if p[0] == name)
@@ -386,20 +364,18 @@ class KubeControlPlane:
             if proc.poll() is not None:
                 raise KubeControlPlaneError(
                     f"{name} exited with code {proc.returncode} during startup; "
-                    f"last lines of {log_path.name}:\n{_tail(log_path)}"
+                    f"last lines of {log_path.name}:\n{tail(log_path) or '(empty log)'}"
                 )
             if check():
                 return
             time.sleep(0.1)
         raise KubeControlPlaneError(
             f"{name} not ready after {self.start_timeout:.0f}s; "
-            f"last lines of {log_path.name}:\n{_tail(log_path)}"
+            f"last lines of {log_path.name}:\n{tail(log_path) or '(empty log)'}"
         )
 
 
-def wait_for(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
-) -> T:
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
     """Poll probe() until it returns something truthy; raise TimeoutError naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -409,51 +385,6 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
-
-
-def free_ports(count: int) -> list[int]:
-    """Loopback ports free right now; held open together so the kernel hands out distinct ones."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def _terminate(name: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        print(f"[kube] {name} ignored SIGTERM for {timeout:.0f}s; killing it")
-        proc.kill()
-        proc.wait()
-
-
-def _on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-def _die_with_parent() -> Callable[[], None]:
-    # A backstop for when pytest itself is SIGKILLed and neither stop() nor atexit runs.
-    # PDEATHSIG fires when the *thread* that forked exits, so it is only set from the main
-    # thread (see _spawn).
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-    return preexec
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _kubeconfig(server: str, ca: Path, cert: Path, key: Path) -> str:

@@ -1,0 +1,60 @@
+"""Prometheus metrics of a worker, labelled by pipeline and step (or source)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class WorkerMetrics:
+    """One registry per worker so tests can run several workers in one process."""
+
+    def __init__(self, pipeline: str, component: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["pipeline", "step"]
+        self._values = (pipeline, component)
+        r = self.registry
+        self.events_in = Counter("flowmill_events_in", "Events consumed.", labels, registry=r)
+        self.events_out = Counter(
+            "flowmill_events_out", "Events emitted to sinks.", labels, registry=r
+        )
+        self.events_filtered = Counter(
+            "flowmill_events_filtered", "Events dropped by a filter.", labels, registry=r
+        )
+        self.events_failed = Counter(
+            "flowmill_events_failed", "Events dead-lettered (bad input).", labels, registry=r
+        )
+        self.events_late = Counter(
+            "flowmill_events_late", "Events after their window closed.", labels, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "flowmill_batch_seconds",
+            "Time to process and commit one batch.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "flowmill_end_to_end_seconds",
+            "From an event's Kafka timestamp to its results being durable.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "flowmill_consumer_lag",
+            "Messages between the committed position and the partition's end.",
+            [*labels, "topic", "partition"],
+            registry=r,
+        )
+        self.partitions = Gauge(
+            "flowmill_partitions_assigned", "Input partitions this worker owns.", labels, registry=r
+        )
+
+    def labels(self, metric: Counter | Gauge | Histogram) -> Counter | Gauge | Histogram:
+        """The metric's child for this worker."""
+        return metric.labels(*self._values)  # type: ignore[no-any-return]
+
+    def lag(self, topic: str, partition: int, value: int) -> None:
+        self.consumer_lag.labels(*self._values, topic, str(partition)).set(value)

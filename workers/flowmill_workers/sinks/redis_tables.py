@@ -1,0 +1,264 @@
+"""The Redis sink: serving tables the API reads, written exactly once per input offset.
+
+Each partition's batch is applied by one Lua script that first checks the partition's
+checkpoint: the script runs only if the checkpoint equals the batch's first offset, and
+it advances the checkpoint in the same atomic step. So a batch replayed after a crash
+(or written late by a worker that lost its partitions) is skipped, never added twice,
+and final values are exact. Partials from different partitions of the same key merge in
+Redis, so exactness does not depend on how the input topic is keyed.
+
+The layout is documented in flowmill.serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from flowmill import serving
+from flowmill.spec import StepSpec, duration_seconds
+
+# KEYS[1] checkpoint hash.
+# ARGV: 1 checkpoint field, 2 expected first offset, 3 next offset, 4 watermark or "",
+#       5 table prefix, 6 ttl seconds, 7 window size ms, 8 aggregates JSON [[name, op]],
+#       9 updates JSON [[key, start, [partial per aggregate]]], 10 channel or "",
+#       11 table name, 12 windows retained per key.
+_WINDOW_SCRIPT = """
+local ck = redis.call('HGET', KEYS[1], ARGV[1])
+if ck and tonumber(ck) ~= tonumber(ARGV[2]) then return 0 end
+local prefix, ttl, size = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local aggs, updates = cjson.decode(ARGV[8]), cjson.decode(ARGV[9])
+local channel, retain = ARGV[10], tonumber(ARGV[12])
+for _, u in ipairs(updates) do
+  local key, start, parts = u[1], u[2], u[3]
+  local h = prefix .. ':w:' .. key .. ':' .. start
+  local startn = tonumber(start)
+  redis.call('HSET', h, 'start', start, 'end', string.format('%d', startn + size))
+  local out = {}
+  for i, a in ipairs(aggs) do
+    local name, op, d = a[1], a[2], parts[i]
+    local v = nil
+    if op == 'count' then
+      v = redis.call('HINCRBY', h, name, d)
+    elseif op == 'sum' then
+      v = redis.call('HINCRBYFLOAT', h, name, d)
+    elseif op == 'avg' then
+      if d[2] > 0 then
+        local s = redis.call('HINCRBYFLOAT', h, '_s:' .. name, d[1])
+        local n = redis.call('HINCRBY', h, '_n:' .. name, d[2])
+        v = string.format('%.17g', tonumber(s) / n)
+        redis.call('HSET', h, name, v)
+      else
+        v = redis.call('HGET', h, name)
+      end
+    elseif op == 'min' or op == 'max' then
+      local cur = redis.call('HGET', h, name)
+      if d ~= cjson.null then
+        if not cur or (op == 'min' and d < tonumber(cur)) or (op == 'max' and d > tonumber(cur)) then
+          cur = string.format('%.17g', d)
+          redis.call('HSET', h, name, cur)
+        end
+      end
+      v = cur
+    elseif op == 'distinct' then
+      local dk = prefix .. ':d:' .. key .. ':' .. start .. ':' .. name
+      for _, m in ipairs(d) do redis.call('SADD', dk, m) end
+      if ttl > 0 then redis.call('EXPIRE', dk, ttl) end
+      v = redis.call('SCARD', dk)
+      redis.call('HSET', h, name, v)
+    end
+    if v then
+      out[name] = tonumber(v)
+      local top = prefix .. ':top:' .. start .. ':' .. name
+      redis.call('ZADD', top, v, key)
+      if ttl > 0 then redis.call('EXPIRE', top, ttl) end
+    end
+  end
+  local wi = prefix .. ':wi:' .. key
+  redis.call('ZADD', wi, startn, start)
+  redis.call('ZADD', prefix .. ':keys', 'GT', startn, key)
+  redis.call('ZADD', prefix .. ':wins', startn, start)
+  if ttl > 0 then
+    redis.call('EXPIRE', h, ttl)
+    redis.call('EXPIRE', wi, ttl)
+  end
+  local extra = redis.call('ZCARD', wi) - retain
+  if extra > 0 then
+    local old = redis.call('ZRANGE', wi, 0, extra - 1)
+    for _, s in ipairs(old) do
+      redis.call('DEL', prefix .. ':w:' .. key .. ':' .. s)
+      for _, a in ipairs(aggs) do redis.call('ZREM', prefix .. ':top:' .. s .. ':' .. a[1], key) end
+    end
+    redis.call('ZREMRANGEBYRANK', wi, 0, extra - 1)
+  end
+  if channel ~= '' then
+    redis.call('PUBLISH', channel, cjson.encode({table = ARGV[11], key = key,
+      window = {start = startn, ['end'] = startn + size}, values = out}))
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[1] .. ':wm', ARGV[4]) end
+return 1
+"""
+
+# KEYS[1] checkpoint hash.
+# ARGV: 1 field, 2 expected first offset, 3 next offset, 4 table prefix, 5 ttl seconds,
+#       6 updates JSON [[key, time ms, event JSON or "" to delete]], 7 channel or "",
+#       8 table, 9 geo JSON [lat field, lon field] or "", 10 expire-after ms (0: never).
+_LATEST_SCRIPT = """
+local ck = redis.call('HGET', KEYS[1], ARGV[1])
+if ck and tonumber(ck) ~= tonumber(ARGV[2]) then return 0 end
+local prefix, ttl = ARGV[4], tonumber(ARGV[5])
+local updates = cjson.decode(ARGV[6])
+local channel, geo, expire = ARGV[7], ARGV[9], tonumber(ARGV[10])
+local latest, updated = prefix .. ':latest', prefix .. ':updated'
+local newest = 0
+for _, u in ipairs(updates) do
+  local key, ts, body = u[1], u[2], u[3]
+  if ts > newest then newest = ts end
+  if body == '' then
+    redis.call('HDEL', latest, key)
+    redis.call('ZREM', updated, key)
+    if geo ~= '' then redis.call('ZREM', prefix .. ':geo', key) end
+  else
+    redis.call('HSET', latest, key, body)
+    redis.call('ZADD', updated, ts, key)
+    if geo ~= '' then
+      local g = cjson.decode(geo)
+      local ev = cjson.decode(body)
+      local lat, lon = tonumber(ev[g[1]]), tonumber(ev[g[2]])
+      if lat and lon and lat >= -85.05 and lat <= 85.05 and lon >= -180 and lon <= 180 then
+        redis.call('GEOADD', prefix .. ':geo', lon, lat, key)
+      end
+    end
+  end
+  if channel ~= '' then
+    local values = cjson.null
+    if body ~= '' then values = cjson.decode(body) end
+    redis.call('PUBLISH', channel, cjson.encode({table = ARGV[8], key = key,
+      window = cjson.null, values = values, deleted = (body == '')}))
+  end
+end
+if expire > 0 and newest > 0 then
+  local stale = redis.call('ZRANGEBYSCORE', updated, '-inf', '(' .. (newest - expire))
+  for _, key in ipairs(stale) do
+    redis.call('HDEL', latest, key)
+    if geo ~= '' then redis.call('ZREM', prefix .. ':geo', key) end
+  end
+  if #stale > 0 then redis.call('ZREMRANGEBYSCORE', updated, '-inf', '(' .. (newest - expire)) end
+end
+if ttl > 0 then
+  redis.call('EXPIRE', latest, ttl)
+  redis.call('EXPIRE', updated, ttl)
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRange:
+    """The offsets one batch covers in one partition: [first, next)."""
+
+    topic: str
+    partition: int
+    first: int
+    next: int
+
+    @property
+    def field(self) -> str:
+        return f"{self.topic}:{self.partition}"
+
+
+class RedisTableSink:
+    """Writes one step's window or latest-state table."""
+
+    def __init__(self, client: aioredis.Redis, pipeline: str, step: StepSpec) -> None:
+        if step.sink is None or step.sink.redis is None:
+            raise ValueError(f"step {step.name} has no redis sink")
+        self.client = client
+        self.pipeline = pipeline
+        self.step = step
+        self.spec = step.sink.redis
+        self.table = self.spec.table
+        self.prefix = serving.table_prefix(pipeline, self.table)
+        self.checkpoint = serving.checkpoint_key(pipeline, step.name)
+        self.channel = serving.channel(pipeline, self.table) if self.spec.publish else ""
+        self.ttl = int(duration_seconds(self.spec.ttl)) if self.spec.ttl else 0
+        self._window = client.register_script(_WINDOW_SCRIPT)
+        self._latest = client.register_script(_LATEST_SCRIPT)
+
+    async def apply_windows(
+        self,
+        pipe: Any,
+        rng: PartitionRange,
+        updates: list[list[Any]],
+        aggregates: list[tuple[str, str, str | None]],
+        size_ms: int,
+        retain: int,
+        watermark: int | None,
+    ) -> None:
+        """Queue one partition's window partials on a pipeline (applied at execute)."""
+        await self._window(
+            keys=[self.checkpoint],
+            args=[
+                rng.field,
+                rng.first,
+                rng.next,
+                "" if watermark is None else str(watermark),
+                self.prefix,
+                self.ttl,
+                size_ms,
+                orjson.dumps([[n, op] for n, op, _ in aggregates]),
+                orjson.dumps(updates),
+                self.channel,
+                self.table,
+                retain,
+            ],
+            client=pipe,
+        )
+
+    async def apply_latest(
+        self,
+        pipe: Any,
+        rng: PartitionRange,
+        updates: list[list[Any]],
+        expire_after_ms: int,
+    ) -> None:
+        """Queue one partition's latest-state updates on a pipeline."""
+        geo = self.spec.geo
+        await self._latest(
+            keys=[self.checkpoint],
+            args=[
+                rng.field,
+                rng.first,
+                rng.next,
+                self.prefix,
+                self.ttl,
+                orjson.dumps(updates),
+                self.channel,
+                self.table,
+                orjson.dumps([geo.lat, geo.lon]).decode() if geo else "",
+                expire_after_ms,
+            ],
+            client=pipe,
+        )
+
+
+async def load_checkpoints(
+    client: aioredis.Redis, pipeline: str, step: str
+) -> dict[str, tuple[int, int | None]]:
+    """`topic:partition` -> (next offset, watermark ms or None) for a step."""
+    raw = await client.hgetall(serving.checkpoint_key(pipeline, step))
+    offsets: dict[str, int] = {}
+    marks: dict[str, int] = {}
+    for k, v in raw.items():
+        name = k.decode() if isinstance(k, bytes) else k
+        if name.endswith(":wm"):
+            marks[name[:-3]] = int(float(v))
+        else:
+            offsets[name] = int(v)
+    return {tp: (offset, marks.get(tp)) for tp, offset in offsets.items()}

@@ -1,0 +1,1 @@
+"""flowmill workers: steps."""
