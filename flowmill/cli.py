@@ -71,23 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="rewrite the committed CRD files")
     p.set_defaults(handler=_crd)
 
-    p = sub.add_parser("render", help="print the manifests the operator would create")
-    p.add_argument("file", metavar="FILE")
-    p.set_defaults(handler=_not_built("render", 3))
+    from flowmill_api import command as api_command
+    from flowmill_operator import command as operator_command
+    from flowmill_workers import command as worker_command
 
-    p = sub.add_parser("operator", help="run the Kopf operator")
-    p.set_defaults(handler=_not_built("operator", 3))
+    operator_command.configure_render(
+        sub.add_parser("render", help="print the manifests the operator would create")
+    )
+    operator_command.configure_operator(sub.add_parser("operator", help="run the Kopf operator"))
+    api_command.configure(sub.add_parser("api", help="serve a Pipeline's tables over HTTP"))
 
-    p = sub.add_parser("worker", help="run one source or step of a Pipeline")
-    p.add_argument("--pipeline", required=True, metavar="FILE")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--step", metavar="NAME")
-    group.add_argument("--source", metavar="NAME")
-    p.set_defaults(handler=_not_built("worker", 4))
-
-    p = sub.add_parser("api", help="serve a Pipeline's tables over HTTP")
-    p.add_argument("--pipeline", required=True, metavar="FILE")
-    p.set_defaults(handler=_not_built("api", 5))
+    worker_command.configure(sub.add_parser("worker", help="run one source or step of a Pipeline"))
 
     p = sub.add_parser("run", help="run a whole Pipeline on this machine")
     p.add_argument("file", metavar="FILE")

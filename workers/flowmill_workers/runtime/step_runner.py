@@ -343,10 +343,14 @@ class StepRunner:
             if self.kafka_sink is not None:
                 for key, value in r.outputs:
                     futures.append(await self.producer.send(self.kafka_sink.topic, value, key=key))
+            if r.dead and self.dead_topic is None:
+                log.warning(
+                    "dropped %d bad event(s) (step has no deadLetter topic); first: %s",
+                    len(r.dead),
+                    r.dead[0].reason,
+                )
+                continue
             for dead in r.dead:
-                if self.dead_topic is None:
-                    log.warning("dropping bad event (no deadLetter topic): %s", dead.reason)
-                    continue
                 value, key, headers = dead_letter_record(dead, self.pipeline.name, self.step.name)
                 futures.append(
                     await self.producer.send(self.dead_topic, value, key=key, headers=headers)

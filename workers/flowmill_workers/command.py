@@ -1,0 +1,80 @@
+"""`flowmill worker`: run one source or one step of a Pipeline (what each Deployment runs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+DEFAULT_METRICS_PORT = 9400
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pipeline", required=True, metavar="FILE")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--step", metavar="NAME", help="run this step")
+    group.add_argument("--source", metavar="NAME", help="run this source")
+    parser.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="Kafka brokers")
+    parser.add_argument("--redis-url", metavar="URL", help="Redis for serving tables")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help=f"port of /metrics, /healthz, /readyz (default {DEFAULT_METRICS_PORT}; 0 picks one)",
+    )
+    parser.add_argument("--batch-size", type=int, default=5000, help="events per batch")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from flowmill.connections import ConnectionMissing
+    from flowmill.manifest import PipelineInvalid, load_pipeline
+
+    try:
+        pipeline = load_pipeline(args.pipeline)
+        return asyncio.run(_run(args, pipeline))
+    except (PipelineInvalid, ConnectionMissing, KeyError) as err:
+        print(f"flowmill worker: {err}", file=sys.stderr)
+        return 1
+
+
+async def _run(args: argparse.Namespace, pipeline: object) -> int:
+    from flowmill.connections import bootstrap_servers, redis_url
+    from flowmill.spec import Pipeline
+    from flowmill_workers.runtime.http import WorkerHttp
+    from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
+
+    assert isinstance(pipeline, Pipeline)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    servers = bootstrap_servers(pipeline, args.bootstrap_servers)
+    if args.source:
+        from flowmill_workers.runtime.source_runner import run_source
+
+        pipeline.spec.source(args.source)  # KeyError names a missing source early
+        await run_source(pipeline, args.source, servers, stop, args.metrics_port)
+        return 0
+    step = pipeline.spec.step(args.step)
+    needs_redis = bool(step.sink and step.sink.redis)
+    config = WorkerConfig(
+        bootstrap_servers=servers,
+        redis_url=redis_url(pipeline, args.redis_url) if needs_redis else None,
+        batch_size=args.batch_size,
+    )
+    runner = StepRunner(pipeline, args.step, config)
+    http = WorkerHttp(runner.metrics.registry, runner.ready)
+    await http.start(args.metrics_port)
+    try:
+        await runner.start()
+        await runner.run(stop)
+    finally:
+        await runner.stop()
+        await http.stop()
+    return 0
