@@ -10,7 +10,7 @@ import orjson
 
 Event = dict[str, Any]
 
-MAX_EVENT_BYTES = 1_000_000
+MAX_EVENT_BYTES = 512 * 1024
 """Larger payloads are dead-lettered: they are almost always a producer bug, and one would
 stall a batch."""
 

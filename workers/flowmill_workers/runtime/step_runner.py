@@ -64,7 +64,7 @@ class PartitionResult:
     latest: dict[str, tuple[int, str]] = field(default_factory=dict)
     outputs: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
-    rows: list[Event] = field(default_factory=list)
+    rows: list[tuple[int, int, Event]] = field(default_factory=list)
     events_in: int = 0
     events_out: int = 0
     filtered: int = 0
@@ -182,7 +182,11 @@ class StepRunner:
             )
             if batch:
                 await self.process(batch)
+            elif self.lake is not None:
+                await self._flush_lake(self.lake.due())
             self._report_lag()
+        if self.lake is not None:
+            await self._flush_lake(list(self.lake.buffers))
 
     # -- partitions -----------------------------------------------------------------
 
@@ -201,7 +205,21 @@ class StepRunner:
             else:
                 self.expected[tp], self.watermarks[tp] = None, None
         if self.correlator is not None:
-            await self.correlator.restore(self.config.bootstrap_servers, primary)
+            # aiokafka keeps fetching while this listener runs: hold the partitions until
+            # the pending events are back, or a partner could arrive to an empty state.
+            self.consumer.pause(*assigned)
+            try:
+                await self.correlator.restore(self.config.bootstrap_servers, primary)
+            finally:
+                self.consumer.resume(*assigned)
+        if self.lake is not None:
+            for tp in assigned:
+                committed = await self.consumer.committed(tp)
+                removed = await asyncio.to_thread(
+                    self.lake.discard_uncommitted, tp.topic, tp.partition, committed or 0
+                )
+                if removed:
+                    log.info("removed %d uncommitted lake file(s) of %s", removed, tp)
         self.metrics.labels(self.metrics.partitions).set(len(self.expected))
         self.assigned_once = True
         log.info("step %s assigned %s", self.step.name, sorted(map(str, assigned)))
@@ -304,7 +322,7 @@ class StepRunner:
             key_bytes = key_of(event, key_field).encode() if key_field else record.key
             result.outputs.append((key_bytes, encode(event)))
         if self.lake is not None:
-            result.rows.append(event)
+            result.rows.append((record.timestamp, record.offset, event))
         result.events_out += 1
         return watermark
 
@@ -325,7 +343,10 @@ class StepRunner:
             return
         await self._send(results)
         if self.lake is not None:
-            await self.lake.write(results)
+            for r in results:
+                self.lake.add(r.rng.topic, r.rng.partition, r.rng.first, r.rng.next, r.rows)
+            await self._flush_lake(self.lake.due())
+            return
         if self.table is not None and self.redis is not None:
             await self._apply_tables(results)
         for r in results:
@@ -335,6 +356,21 @@ class StepRunner:
         except (CommitFailedError, KafkaError) as err:
             # Redis holds the authoritative position; the Kafka commit only feeds lag.
             log.warning("offset commit failed (rebalance?): %s", err)
+
+    async def _flush_lake(self, partitions: list[tuple[str, int]]) -> None:
+        """Write due Parquet files, then commit exactly the offsets they cover."""
+        assert self.lake is not None and self.consumer is not None
+        if not partitions:
+            return
+        written = await self.lake.flush(partitions)
+        owned = self.consumer.assignment()
+        offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(nxt, "")
+            for (t, p), nxt in written.items()
+            if TopicPartition(t, p) in owned
+        }
+        if offsets:
+            await self.consumer.commit(offsets)
 
     async def _send(self, results: list[PartitionResult]) -> None:
         assert self.producer is not None

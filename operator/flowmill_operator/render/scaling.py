@@ -1,0 +1,50 @@
+"""How many workers a step may run, decided once for the Deployment, its autoscaler and
+the status: never more than the input topic has partitions, because a consumer group
+gives each partition to one member and the rest would sit idle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flowmill.spec import StepSpec
+from flowmill_operator.render.context import RenderContext
+
+
+@dataclass(frozen=True)
+class StepScale:
+    name: str
+    partitions: int
+    autoscaler: str | None
+    """hpa, keda, or None for a fixed replica count."""
+    replicas: int
+    """Fixed count (autoscaler None), else the autoscaler's floor."""
+    max_replicas: int
+    message: str = ""
+
+
+def step_scale(ctx: RenderContext, step: StepSpec) -> StepScale:
+    partitions = ctx.pipeline.spec.topic(step.from_).partitions
+    auto = step.autoscaling
+    if auto is None:
+        replicas = min(step.replicas, partitions)
+        message = (
+            f"replicas {step.replicas} capped at the {partitions} partitions of topic {step.from_}"
+            if replicas < step.replicas
+            else ""
+        )
+        return StepScale(step.name, partitions, None, replicas, replicas, message)
+    kind = auto.kind or ctx.settings.autoscaler
+    notes = []
+    maximum = min(auto.max_replicas, partitions)
+    if maximum < auto.max_replicas:
+        notes.append(
+            f"maxReplicas {auto.max_replicas} capped at the {partitions} partitions of "
+            f"topic {step.from_}"
+        )
+    minimum = auto.min_replicas
+    if kind == "hpa" and minimum == 0:
+        # Scale-to-zero is an alpha feature gate of the HPA; KEDA does it natively.
+        minimum = 1
+        notes.append("minReplicas 0 needs KEDA; the HPA keeps at least 1")
+    minimum = min(minimum, maximum)
+    return StepScale(step.name, partitions, kind, minimum, maximum, "; ".join(notes))

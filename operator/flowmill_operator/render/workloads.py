@@ -1,0 +1,245 @@
+"""Deployments for sources, steps and the API, and the API's Service.
+
+Every pod gets the same hardening (the restricted Pod Security Standard), mounts the
+Pipeline's ConfigMap read-only, and carries the spec hash so that a spec change rolls it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowmill.spec import SourceSpec, StepSpec
+from flowmill_operator import naming
+from flowmill_operator.render.context import Manifest, RenderContext
+from flowmill_operator.render.scaling import StepScale
+
+# The image's user (Dockerfile: useradd --uid 10001); set explicitly so runAsNonRoot can
+# be verified by the kubelet even if an image names its user by name.
+RUN_AS = 10001
+DEFAULT_REQUESTS = {"cpu": "100m", "memory": "256Mi"}
+DEFAULT_LIMITS = {"memory": "512Mi"}
+API_KEYS_MOUNT = "/var/run/flowmill/api-keys"
+
+POD_SECURITY_CONTEXT: Manifest = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: Manifest = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def source_deployment(ctx: RenderContext, source: SourceSpec) -> Manifest:
+    container = _container(
+        ctx,
+        "worker",
+        ["worker", "--pipeline", naming.PIPELINE_FILE, "--source", source.name],
+        port_name="metrics",
+        port=naming.WORKER_METRICS_PORT,
+        env=_kafka_env(ctx),
+    )
+    # One poller or replayer per source: a second one would ingest every event twice, and
+    # Recreate keeps a rollout from briefly running two.
+    return _deployment(
+        ctx,
+        naming.source_deployment(ctx.name, source.name),
+        "source",
+        source.name,
+        container,
+        replicas=1,
+        strategy={"type": "Recreate"},
+    )
+
+
+def step_deployment(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Manifest:
+    env = _kafka_env(ctx)
+    if step.sink and step.sink.redis:
+        env += ctx.redis_env()
+    env_from: list[Manifest] = []
+    volumes: list[Manifest] = []
+    mounts: list[Manifest] = []
+    parquet = step.sink.parquet if step.sink else None
+    if parquet is not None and parquet.s3 is not None and parquet.s3.credentials_secret:
+        env_from.append({"secretRef": {"name": parquet.s3.credentials_secret}})
+    if parquet is not None and parquet.path:
+        # The root filesystem is read-only, so a local lake needs a writable volume; an
+        # emptyDir lives as long as the pod, which is why docs/operator.md says use s3.
+        volumes.append({"name": "lake", "emptyDir": {}})
+        mounts.append({"name": "lake", "mountPath": parquet.path})
+    container = _container(
+        ctx,
+        "worker",
+        ["worker", "--pipeline", naming.PIPELINE_FILE, "--step", step.name],
+        port_name="metrics",
+        port=naming.WORKER_METRICS_PORT,
+        env=env,
+        env_from=env_from,
+        mounts=mounts,
+        resources=step.resources.to_manifest() if step.resources else None,
+    )
+    return _deployment(
+        ctx,
+        naming.step_deployment(ctx.name, step.name),
+        "step",
+        step.name,
+        container,
+        # Left out when an autoscaler owns the count: applying it would fight the HPA.
+        replicas=None if scale.autoscaler else scale.replicas,
+        volumes=volumes,
+    )
+
+
+def api_deployment(ctx: RenderContext) -> Manifest:
+    api = ctx.pipeline.spec.api
+    volumes: list[Manifest] = []
+    mounts: list[Manifest] = []
+    env = _kafka_env(ctx) + ctx.redis_env()
+    if api.api_keys_secret:
+        volumes.append({"name": "api-keys", "secret": {"secretName": api.api_keys_secret}})
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
+        env.append({"name": "FLOWMILL_API_KEYS_DIR", "value": API_KEYS_MOUNT})
+    container = _container(
+        ctx,
+        "api",
+        ["api", "--pipeline", naming.PIPELINE_FILE, "--port", str(naming.API_PORT)],
+        port_name="http",
+        port=naming.API_PORT,
+        env=env,
+        mounts=mounts,
+    )
+    return _deployment(
+        ctx,
+        naming.api_deployment(ctx.name),
+        "api",
+        None,
+        container,
+        replicas=None if api.autoscaling else api.replicas,
+        volumes=volumes,
+    )
+
+
+def api_service(ctx: RenderContext) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ctx.metadata(naming.api_deployment(ctx.name), "api"),
+        "spec": {
+            "type": ctx.pipeline.spec.api.service_type,
+            "selector": naming.selector_labels(ctx.name, "api"),
+            "ports": [
+                {"name": "http", "port": naming.API_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def _kafka_env(ctx: RenderContext) -> list[Manifest]:
+    return [{"name": "FLOWMILL_BOOTSTRAP_SERVERS", "value": ctx.bootstrap_servers()}]
+
+
+def _container(
+    ctx: RenderContext,
+    name: str,
+    args: list[str],
+    *,
+    port_name: str,
+    port: int,
+    env: list[Manifest],
+    env_from: list[Manifest] | None = None,
+    mounts: list[Manifest] | None = None,
+    resources: dict[str, Any] | None = None,
+) -> Manifest:
+    resources = resources or {}
+    container: Manifest = {
+        "name": name,
+        "image": ctx.image,
+        "imagePullPolicy": ctx.settings.image_pull_policy,
+        "command": ["flowmill"],
+        "args": args,
+        "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
+        "env": env,
+        "resources": {
+            "requests": resources.get("requests") or DEFAULT_REQUESTS,
+            "limits": resources.get("limits") or DEFAULT_LIMITS,
+        },
+        # /healthz says the process loop is alive, /readyz that it consumes (or serves).
+        "livenessProbe": _probe("/healthz", port_name, period=10, failures=3),
+        "readinessProbe": _probe("/readyz", port_name, period=5, failures=2),
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [
+            {"name": "spec", "mountPath": naming.CONFIG_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            *(mounts or []),
+        ],
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    return container
+
+
+def _probe(path: str, port: str, *, period: int, failures: int) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "initialDelaySeconds": 5,
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _deployment(
+    ctx: RenderContext,
+    name: str,
+    component: str,
+    child: str | None,
+    container: Manifest,
+    *,
+    replicas: int | None,
+    strategy: Manifest | None = None,
+    volumes: list[Manifest] | None = None,
+) -> Manifest:
+    port = container["ports"][0]["containerPort"]
+    spec: Manifest = {}
+    if replicas is not None:
+        spec["replicas"] = replicas
+    spec["revisionHistoryLimit"] = 3
+    spec["selector"] = {"matchLabels": naming.selector_labels(ctx.name, component, child)}
+    if strategy:
+        spec["strategy"] = strategy
+    spec["template"] = {
+        "metadata": {
+            "labels": naming.labels(ctx.name, component, child),
+            "annotations": {
+                naming.SPEC_HASH_ANNOTATION: ctx.spec_hash,
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(port),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": {
+            # Workers and the API never call the Kubernetes API.
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": POD_SECURITY_CONTEXT,
+            "terminationGracePeriodSeconds": 30,
+            "containers": [container],
+            "volumes": [
+                {"name": "spec", "configMap": {"name": naming.config_map(ctx.name)}},
+                {"name": "tmp", "emptyDir": {}},
+                *(volumes or []),
+            ],
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ctx.metadata(name, component, child),
+        "spec": spec,
+    }
