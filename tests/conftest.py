@@ -7,4 +7,5 @@ how to install it; nothing is skipped.
 pytest_plugins = [
     "tests.harness.kafka_redis_fixtures",
     "tests.harness.kube_fixtures",
+    "tests.operator.fixtures",
 ]

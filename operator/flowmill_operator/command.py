@@ -5,19 +5,154 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+
+ENV_HELP = "defaults come from FLOWMILL_* environment variables (see docs/operator.md)"
 
 
-def _not_built(name: str) -> int:
-    print(
-        f"flowmill {name}: not built yet (tracked in issue #3); nothing was run.", file=sys.stderr
+def _render_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", help="image of workers and API for Pipelines without spec.image")
+    parser.add_argument(
+        "--strimzi-api-version",
+        metavar="GROUP/VERSION",
+        help="KafkaTopic apiVersion: kafka.strimzi.io/v1 (Strimzi >= 0.49) or kafka.strimzi.io/v1beta2",
     )
-    return 2
+    parser.add_argument(
+        "--autoscaler", choices=["hpa", "keda"], help="for steps whose autoscaling sets no kind"
+    )
+    parser.add_argument(
+        "--pdb",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="PodDisruptionBudgets for steps and the API",
+    )
+
+
+def _render_settings(args: argparse.Namespace) -> object:
+    from flowmill_operator.settings import render_settings_from_env
+
+    base = render_settings_from_env()
+    changes: dict[str, object] = {}
+    for flag, name in (
+        ("image", "image"),
+        ("strimzi_api_version", "strimzi_api_version"),
+        ("autoscaler", "autoscaler"),
+        ("pdb", "pod_disruption_budgets"),
+    ):
+        if getattr(args, flag, None) is not None:
+            changes[name] = getattr(args, flag)
+    if getattr(args, "pod_monitor", False):
+        changes["pod_monitor"] = True
+    return replace(base, **changes)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from flowmill.manifest import PipelineInvalid, load_pipelines
+    from flowmill_operator.render import RenderError, render, to_yaml
+
+    settings = _render_settings(args)
+    try:
+        pipelines = load_pipelines(args.file)
+    except PipelineInvalid as err:
+        print(err, file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"{args.file}: {err.strerror}", file=sys.stderr)
+        return 1
+    manifests = []
+    for pipeline in pipelines:
+        try:
+            rendered = render(pipeline, settings, namespace=args.namespace)  # type: ignore[arg-type]
+        except RenderError as err:
+            print(f"{args.file}: Pipeline {pipeline.name} cannot run in a cluster", file=sys.stderr)
+            for error in err.errors:
+                print(f"  {error}", file=sys.stderr)
+            return 1
+        manifests += rendered.manifests
+    sys.stdout.write(to_yaml(manifests))
+    return 0
 
 
 def configure_render(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print, as multi-document YAML, exactly the children the operator applies for each "
+        f"Pipeline in FILE (owner references aside, which need the live object); {ENV_HELP}."
+    )
     parser.add_argument("file", metavar="FILE")
-    parser.set_defaults(handler=lambda args: _not_built("render"))
+    parser.add_argument(
+        "-n", "--namespace", help="namespace to render into (default: metadata.namespace)"
+    )
+    _render_flags(parser)
+    parser.add_argument(
+        "--pod-monitor",
+        action="store_true",
+        help="include the PodMonitor the operator adds when the cluster serves the CRD",
+    )
+    parser.set_defaults(handler=_render)
+
+
+def _operator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import kopf
+
+    from flowmill_operator.runner import run
+    from flowmill_operator.settings import operator_settings_from_env
+
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    try:
+        settings = operator_settings_from_env()
+    except ValueError as err:
+        print(f"flowmill operator: {err}", file=sys.stderr)
+        return 2
+    changes: dict[str, object] = {"render": _render_settings(args)}
+    if args.all_namespaces:
+        changes["namespaces"] = ()
+    elif args.namespace:
+        changes["namespaces"] = tuple(args.namespace)
+    for flag in ("kubeconfig", "peering", "priority", "resync_seconds", "pod_monitors"):
+        if getattr(args, flag) is not None:
+            changes[flag] = getattr(args, flag)
+    if args.liveness is not None:
+        changes["liveness_endpoint"] = args.liveness
+    if args.standalone:
+        changes["peering"] = None
+    settings = replace(settings, **changes)  # type: ignore[arg-type]
+    # Kopf handles SIGINT/SIGTERM itself: it finishes handlers in flight, then returns.
+    asyncio.run(run(settings))
+    return 0
 
 
 def configure_operator(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(handler=lambda args: _not_built("operator"))
+    parser.description = f"Run the Kopf operator that reconciles Pipelines; {ENV_HELP}."
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="watch this namespace (repeat for several; globs such as team-* work)",
+    )
+    where.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
+    )
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then kubectl's)"
+    )
+    _render_flags(parser)
+    parser.add_argument(
+        "--pod-monitors",
+        choices=["auto", "always", "never"],
+        help="a PodMonitor per Pipeline: auto = when the cluster serves the CRD",
+    )
+    parser.add_argument(
+        "--resync-seconds", type=float, help="period of drift correction and status refresh"
+    )
+    parser.add_argument(
+        "--liveness", metavar="URL", help="serve liveness, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument("--peering", metavar="NAME", help="Kopf peering: one active replica")
+    parser.add_argument("--priority", type=int, help="peering priority (default: random)")
+    parser.add_argument("--standalone", action="store_true", help="ignore peering")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(handler=_operator)

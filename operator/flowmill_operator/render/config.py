@@ -47,4 +47,9 @@ def config_map(ctx: RenderContext) -> Manifest:
     )
     meta = ctx.metadata(naming.config_map(ctx.name), "config")
     meta["annotations"] = {naming.SPEC_HASH_ANNOTATION: ctx.spec_hash}
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"pipeline.yaml": text}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "data": {"pipeline.yaml": text},
+    }

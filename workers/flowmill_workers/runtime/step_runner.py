@@ -31,6 +31,7 @@ from flowmill_workers.runtime.dead_letter import DeadLetter, dead_letter_record
 from flowmill_workers.runtime.metrics import WorkerMetrics
 from flowmill_workers.sinks.parquet_lake import ParquetLake
 from flowmill_workers.sinks.redis_tables import PartitionRange, RedisTableSink, load_checkpoints
+from flowmill_workers.steps import windows_columnar
 from flowmill_workers.steps.correlate import Correlator
 from flowmill_workers.steps.latest import LatestTable
 from flowmill_workers.steps.transform import build_stages, run_stages
@@ -48,6 +49,11 @@ class WorkerConfig:
     batch_size: int = 5000
     batch_timeout_ms: int = 50
     client_id: str = "flowmill"
+
+
+def _late_reason(watermark: int | None, ts: int | None = None) -> str:
+    at = f"event time {ts} ms " if ts is not None else ""
+    return f"late event: {at}past its window's end plus allowedLateness (watermark {watermark} ms)"
 
 
 def group_id(pipeline: str, step: str) -> str:
@@ -69,6 +75,7 @@ class PartitionResult:
     events_out: int = 0
     filtered: int = 0
     oldest_timestamp_ms: int | None = None
+    watermark: int | None = None  # after this batch; checkpointed with its offsets
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -103,6 +110,14 @@ class StepRunner:
             not self.uses_redis and sink is not None and sink.parquet is None
         ) or self.correlator is not None
         self.dead_topic = step.dead_letter_topic()
+        self.pipelined = self.uses_redis and not self.transactional
+        # Batches of plain tumbling-window steps take the numpy path; see windows_columnar.
+        self.columnar = (
+            self.windows is not None
+            and self.correlator is None
+            and self.kafka_sink is None
+            and windows_columnar.supports(self.windows, has_stages=bool(self.stages))
+        )
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.redis: aioredis.Redis | None = None
@@ -174,17 +189,33 @@ class StepRunner:
         return True, f"{len(self.expected)} partition(s) assigned"
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process batches until `stop` is set; the batch in progress is finished first."""
+        """Process batches until `stop` is set; the batch in progress is finished first.
+
+        For Redis steps the next batch is fetched and computed while the previous one is
+        being written: writes stay in order (one at a time), and each is fenced by its
+        partition's checkpoint, so overlapping them with computation is safe.
+        """
         assert self.consumer is not None
-        while not stop.is_set():
-            batch = await self.consumer.getmany(
-                timeout_ms=self.config.batch_timeout_ms, max_records=self.config.batch_size
-            )
-            if batch:
-                await self.process(batch)
-            elif self.lake is not None:
-                await self._flush_lake(self.lake.due())
-            self._report_lag()
+        writing: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.config.batch_timeout_ms, max_records=self.config.batch_size
+                )
+                if batch:
+                    started = time.perf_counter()
+                    results = self.prepare(batch)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(self.finish(results, started))
+                    if not self.pipelined:
+                        await writing
+                elif self.lake is not None:
+                    await self._flush_lake(self.lake.due())
+                self._report_lag()
+        finally:
+            if writing is not None:
+                await writing
         if self.lake is not None:
             await self._flush_lake(list(self.lake.buffers))
 
@@ -235,8 +266,14 @@ class StepRunner:
 
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Process a batch and make it durable."""
-        started = time.perf_counter()
-        results = [self._process_partition(tp, records) for tp, records in batch.items() if records]
+        await self.finish(self.prepare(batch), time.perf_counter())
+
+    def prepare(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> list[PartitionResult]:
+        """Compute a batch's outputs in memory; nothing is written yet."""
+        return [self._process_partition(tp, records) for tp, records in batch.items() if records]
+
+    async def finish(self, results: list[PartitionResult], started: float) -> None:
+        """Make a prepared batch durable, then count it."""
         await self._make_durable(results)
         m = self.metrics
         now_ms = time.time() * 1000
@@ -264,12 +301,26 @@ class StepRunner:
             records[-1].offset + 1,
         )
         result = PartitionResult(rng=rng, events_in=len(records))
+        # The next batch starts where this one ends, even before this one is written;
+        # a failed (fenced) write resyncs from Redis.
+        self.expected[tp] = rng.next
         result.oldest_timestamp_ms = records[0].timestamp
         if self.windows is not None:
             result.windows = WindowBatch()
         if self.correlator is not None:
             self.correlator.begin(tp)
         watermark = self.watermarks.get(tp)
+        if self.columnar and self.windows is not None:
+            fast = windows_columnar.aggregate_batch(
+                self.windows, [r.value for r in records], watermark
+            )
+            if fast is not None:
+                result.windows, late, self.watermarks[tp] = fast
+                result.watermark = self.watermarks[tp]
+                for i in late:
+                    result.dead.append(DeadLetter(records[i], _late_reason(watermark)))
+                result.events_out = len(records) - len(late)
+                return result
         for record in records:
             try:
                 event = decode(record.value)
@@ -291,7 +342,7 @@ class StepRunner:
             for expired in self.correlator.expire(tp):
                 for out in run_stages(self.stages, expired):
                     watermark = self._route(result, out, records[-1], watermark)
-        self.watermarks[tp] = watermark
+        self.watermarks[tp] = result.watermark = watermark
         return result
 
     def _route(
@@ -307,10 +358,7 @@ class StepRunner:
             )
             if not open_starts:
                 result.windows.late += 1
-                raise BadEvent(
-                    f"late event: event time {ts} ms is past its window's end plus "
-                    f"allowedLateness (watermark {watermark} ms)"
-                )
+                raise BadEvent(_late_reason(watermark, ts))
             self.windows.add(result.windows, key, event, open_starts)
             watermark = ts if watermark is None else max(watermark, ts)
         elif self.latest is not None:
@@ -338,8 +386,6 @@ class StepRunner:
                 if self.correlator is not None:
                     await self.correlator.write_changelog(self.producer)
                 await self.producer.send_offsets_to_transaction(offsets, self.group)
-            for r in results:
-                self.expected[TopicPartition(r.rng.topic, r.rng.partition)] = r.rng.next
             return
         await self._send(results)
         if self.lake is not None:
@@ -349,8 +395,6 @@ class StepRunner:
             return
         if self.table is not None and self.redis is not None:
             await self._apply_tables(results)
-        for r in results:
-            self.expected[TopicPartition(r.rng.topic, r.rng.partition)] = r.rng.next
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as err:
@@ -403,7 +447,10 @@ class StepRunner:
                     [key, str(start), partial_to_wire(partial)]
                     for (key, start), partial in r.windows.partials.items()
                 ]
-                watermark = self.watermarks.get(TopicPartition(r.rng.topic, r.rng.partition))
+                # The batch's own watermark, not the live one: with pipelining the live
+                # one may already include the next batch, and a crash would then replay
+                # that batch against a watermark that makes its events look late.
+                watermark = r.watermark
                 await self.table.apply_windows(
                     pipe,
                     r.rng,

@@ -92,8 +92,7 @@ class Source(ABC):
 
     def failed(self, count: int = 1) -> None:
         """Count input that could not become an event (bad line, failed poll)."""
-        m = self.ctx.metrics
-        m.labels(m.events_failed).inc(count)
+        self.ctx.metrics.events_failed.labels(self.ctx.pipeline, self.name).inc(count)
 
 
 class EventEncoder:

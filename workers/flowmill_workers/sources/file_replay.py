@@ -41,24 +41,30 @@ CHUNK = 2000
 """Most records per chunk: big enough to amortise a send, small enough to keep the event
 loop responsive (metrics, probes) while reading."""
 
-_INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
-_FLOAT = re.compile(r"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# One pattern for both kinds, so a numeric-looking cell costs one match: group 1 is the
+# integer form; the other branches need a point or an exponent, so a long digit string
+# never sneaks in as a float.
+_NUMBER = re.compile(
+    r"(-?(?:0|[1-9][0-9]{0,17}))"
+    r"|-?(?:(?:0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+    r"|-?(?:0|[1-9][0-9]*)[eE][+-]?[0-9]+"
+)
+_NUMBER_START = frozenset("-.0123456789")
 
 
 def csv_value(text: str) -> Any:
     """A CSV cell typed by the rule in this module's docstring."""
     if not text:
         return None
-    first = text[0]
-    if not (first.isdigit() or first in "-."):
+    if text[0] not in _NUMBER_START:
         return text  # the common case for text columns: no regex at all
-    if _INT.fullmatch(text):
+    match = _NUMBER.fullmatch(text)
+    if match is None:
+        return text
+    if match.lastindex:
         return int(text)
-    if _FLOAT.fullmatch(text):
-        value = float(text)
-        if math.isfinite(value):
-            return value
-    return text
+    value = float(text)
+    return value if math.isfinite(value) else text
 
 
 # One record of the file: the number of records consumed once it is, and the event (None
@@ -160,15 +166,16 @@ class FileReplay(Source):
     def _take(self, rows: Iterator[Row], most: int) -> Chunk | None:
         """Up to `most` events; None once the file is exhausted."""
         events: list[Event] = []
-        line = -1
+        consumed = -1
         for line, event in rows:
+            consumed = line
             if event is not None:
                 events.append(event)
                 if len(events) >= most:
                     break
-        if line < 0:
+        if consumed < 0:
             return None
-        return Chunk(self.encoder.records(events), self._position(line))
+        return Chunk(self.encoder.records(events), self._position(consumed))
 
     def _position(self, line: int) -> Position:
         return {"pass": self.pass_no, "line": line}
@@ -201,7 +208,10 @@ class FileReplay(Source):
                     )
                     yield number, None
                 else:
-                    yield number, {name: csv_value(cell) for name, cell in zip(header, cells)}
+                    yield (
+                        number,
+                        {name: csv_value(cell) for name, cell in zip(header, cells, strict=True)},
+                    )
 
     def _jsonl_rows(self, skip: int) -> Iterator[Row]:
         with open(self.spec.path, "rb") as handle:

@@ -114,9 +114,10 @@ class HttpPoll(Source):
         except orjson.JSONDecodeError as err:
             raise PollFailed(f"invalid JSON: {err}") from None
         events = self._events(document)
-        # Validators only count once the body proved usable.
-        self.etag = response.headers.get("etag") or self.etag
-        self.last_modified = response.headers.get("last-modified") or self.last_modified
+        # Validators describe the latest usable response (a server may drop one), and are
+        # only taken once the body proved usable.
+        self.etag = response.headers.get("etag")
+        self.last_modified = response.headers.get("last-modified")
         if not self._is_new_snapshot(document):
             self._count("unchanged")
             return None

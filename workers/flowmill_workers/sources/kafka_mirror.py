@@ -15,6 +15,7 @@ The consumer group is `flowmill.{pipeline}.{source}` and its offsets are the pos
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -82,10 +83,9 @@ class KafkaMirror(Source):
     def _copy(self, record: ConsumerRecord[Any, Any]) -> OutRecord:
         key = record.key
         if self.encoder.key_field is not None and record.value is not None:
-            try:
+            # Not JSON, or no such field: the upstream key stays.
+            with contextlib.suppress(BadEvent):
                 key = key_of(decode(record.value), self.encoder.key_field).encode()
-            except BadEvent:
-                pass  # not JSON or no such field: keep the upstream key
         return key, record.value, record.timestamp
 
     async def before_commit(self, producer: AIOKafkaProducer, position: Position | None) -> None:

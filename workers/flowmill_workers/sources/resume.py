@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from flowmill_workers.sources.base import Position
 
@@ -57,7 +58,20 @@ def position_header(seq: int, position: Position | None) -> bytes:
     return orjson.dumps({"seq": seq, "pos": position})
 
 
-async def last_position(bootstrap_servers: str, topic: str, sid: bytes) -> Resumed:
+async def output_partitions(producer: AIOKafkaProducer, topic: str) -> set[int]:
+    """The partitions of `topic`, waiting the producer's request timeout for a topic that
+    is still being created (an operator may be creating it right now)."""
+    try:
+        return set(await producer.partitions_for(topic))
+    except UnknownTopicOrPartitionError:
+        raise OutputTopicMissing(
+            f"topic {topic!r} does not exist; declare it in spec.topics and create it"
+        ) from None
+
+
+async def last_position(
+    bootstrap_servers: str, topic: str, partition_ids: set[int], sid: bytes
+) -> Resumed:
     """The highest-`seq` position written by source `sid` into committed records of
     `topic`, or Resumed() when it never wrote anything."""
     consumer = AIOKafkaConsumer(
@@ -68,11 +82,7 @@ async def last_position(bootstrap_servers: str, topic: str, sid: bytes) -> Resum
     )
     await consumer.start()
     try:
-        if topic not in await consumer.topics():
-            raise OutputTopicMissing(
-                f"topic {topic!r} does not exist; create it (spec.topics) before the source runs"
-            )
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        partitions = [TopicPartition(topic, p) for p in sorted(partition_ids)]
         consumer.assign(partitions)
         begins = await consumer.beginning_offsets(partitions)
         # With read_committed, the end is the last stable offset: an open transaction of a

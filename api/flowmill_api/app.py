@@ -1,0 +1,128 @@
+"""The app factory: one FastAPI app serving any number of Pipelines from one Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from flowmill.spec import Pipeline
+from flowmill_api.catalog import Catalog
+from flowmill_api.errors import install_error_handlers
+from flowmill_api.live import LiveHub
+from flowmill_api.metrics import ApiMetrics, MetricsMiddleware
+from flowmill_api.routes import catalog, dashboard, health, latest, live, windows
+from flowmill_api.security import SecurityMiddleware
+from flowmill_api.settings import ApiSettings
+from flowmill_api.state import AppState
+from flowmill_api.store import TableStore
+
+DESCRIPTION = """
+Serves the tables a flowmill Pipeline's workers write to Redis: windows per key, top keys
+of a window, latest-state tables with bounding-box queries, and live updates over
+Server-Sent Events and WebSocket. Times are epoch milliseconds. Nothing is cached: every
+answer is read from Redis when asked.
+"""
+
+
+def redis_client(url: str, settings: ApiSettings) -> aioredis.Redis:
+    """A client whose pool waits for a free connection instead of failing under load,
+    and which gives up on an unreachable Redis quickly (one retry covers a connection
+    that died with a restarted server) so the route can answer 503."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        socket_timeout=settings.redis_timeout_seconds,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def create_app(
+    pipelines: Iterable[Pipeline], redis_url: str, settings: ApiSettings | None = None
+) -> FastAPI:
+    """An app serving every table of `pipelines` from the Redis at `redis_url`."""
+    settings = settings or ApiSettings()
+    catalog_ = Catalog(pipelines)
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = redis_client(redis_url, settings)
+        hub = LiveHub(client, settings)
+        app.state.flowmill = AppState(
+            catalog=catalog_,
+            settings=settings,
+            metrics=metrics,
+            redis=client,
+            store=TableStore(client),
+            hub=hub,
+        )
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+    app = FastAPI(
+        title="flowmill API",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app, settings.retry_after_seconds)
+    for module in (catalog, windows, latest, live, health, dashboard):
+        app.include_router(module.router)
+    dashboard.mount_static(app)
+    if settings.api_keys or settings.rate_limit:
+        app.add_middleware(SecurityMiddleware, settings=settings)
+        _document_security(app, settings)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "OPTIONS"],
+            allow_headers=["X-API-Key", "Authorization", "Last-Event-ID"],
+            max_age=600,
+        )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _document_security(app: FastAPI, settings: ApiSettings) -> None:
+    """Show the key scheme and the 401/429 answers in /docs when they are switched on."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        if settings.api_keys:
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["ApiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+        for path, operations in schema.get("paths", {}).items():
+            if not path.startswith("/pipelines"):
+                continue
+            for op in operations.values():
+                if settings.api_keys:
+                    op["security"] = [{"ApiKey": []}]
+                    op["responses"]["401"] = {"description": "No valid API key", "content": error}
+                if settings.rate_limit:
+                    op["responses"]["429"] = {"description": "Rate limited", "content": error}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,2 @@
+"""Routes, one module per concern: catalog, windows, latest-state, live, health,
+dashboard."""

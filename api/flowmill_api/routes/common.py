@@ -1,0 +1,23 @@
+"""Parameters and error responses shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Path
+
+from flowmill_api.models import ErrorBody
+
+PipelineName = Annotated[str, Path(description="The Pipeline's metadata.name.")]
+TableName = Annotated[str, Path(description="The table (a step's sink.redis.table).")]
+KeyName = Annotated[str, Path(description="A value of the table's key field.")]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "Unknown pipeline, table, key or window"},
+    422: {"model": ErrorBody, "description": "A parameter is invalid (each one is named)"},
+    503: {
+        "model": ErrorBody,
+        "description": "Redis is unreachable; retry after the Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+}

@@ -1,0 +1,106 @@
+"""Pipeline -> child manifests, as a pure function: no cluster, no clock, no randomness.
+
+The operator applies exactly this list and `flowmill render` prints exactly this list;
+the only difference is that the operator knows the Pipeline's uid and so adds owner
+references.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from flowmill.spec import Pipeline
+from flowmill_operator import naming
+from flowmill_operator.render.autoscaling import api_hpa, step_autoscaler
+from flowmill_operator.render.config import config_map, spec_hash
+from flowmill_operator.render.context import Manifest, RenderContext, RenderError, preflight
+from flowmill_operator.render.extras import pod_disruption_budget, pod_monitor, wants_pdbs
+from flowmill_operator.render.scaling import StepScale, step_scale
+from flowmill_operator.render.topics import kafka_topics
+from flowmill_operator.render.workloads import (
+    api_deployment,
+    api_service,
+    source_deployment,
+    step_deployment,
+)
+from flowmill_operator.settings import RenderSettings
+
+__all__ = ["Manifest", "RenderError", "Rendered", "StepScale", "render", "to_yaml"]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    manifests: list[Manifest]
+    """In apply order: config, topics, workloads, Service, autoscalers, extras."""
+    scales: dict[str, StepScale]
+    """Per step: replicas and the (capped) autoscaling ceiling, for status."""
+    spec_hash: str
+
+
+def render(
+    pipeline: Pipeline,
+    settings: RenderSettings,
+    *,
+    namespace: str | None = None,
+    uid: str | None = None,
+) -> Rendered:
+    """Every child of `pipeline`. Raises RenderError (naming fields) when the Pipeline
+    cannot run in a cluster; then nothing is rendered at all."""
+    preflight(pipeline, settings)
+    namespace = namespace or pipeline.metadata.namespace or "default"
+    ctx = RenderContext(pipeline, namespace, settings, uid, spec_hash(pipeline, namespace))
+    spec = pipeline.spec
+    scales = {step.name: step_scale(ctx, step) for step in spec.steps}
+
+    out: list[Manifest] = [config_map(ctx), *kafka_topics(ctx)]
+    out += [source_deployment(ctx, source) for source in spec.sources]
+    out += [step_deployment(ctx, step, scales[step.name]) for step in spec.steps]
+    if spec.api.enabled:
+        out += [api_deployment(ctx), api_service(ctx)]
+    for step in spec.steps:
+        autoscaler = step_autoscaler(ctx, step, scales[step.name])
+        if autoscaler is not None:
+            out.append(autoscaler)
+    if spec.api.enabled and (hpa := api_hpa(ctx)) is not None:
+        out.append(hpa)
+    if wants_pdbs(ctx):
+        out += [
+            pod_disruption_budget(
+                ctx, naming.step_deployment(ctx.name, step.name), "step", step.name
+            )
+            for step in spec.steps
+        ]
+        if spec.api.enabled:
+            out.append(pod_disruption_budget(ctx, naming.api_deployment(ctx.name), "api"))
+    if settings.pod_monitor:
+        out.append(pod_monitor(ctx))
+    # Renderers share constant dicts (security contexts, behaviors); a deep copy keeps a
+    # caller that edits one manifest from editing every later render.
+    return Rendered(copy.deepcopy(out), scales, ctx.spec_hash)
+
+
+class _NoAliases(yaml.SafeDumper):
+    # Equal sub-documents must print in full, as `kubectl get -o yaml` shows them, never
+    # as YAML anchors and aliases.
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    # The ConfigMap's pipeline.yaml reads as YAML in a literal block, not an escaped line.
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_NoAliases.add_representer(str, _str)
+
+
+def to_yaml(manifests: list[Manifest]) -> str:
+    """Multi-document YAML, keys in the order they were rendered (kind first)."""
+    return yaml.dump_all(
+        manifests, Dumper=_NoAliases, sort_keys=False, explicit_start=True, allow_unicode=True
+    )

@@ -1,0 +1,329 @@
+"""Pipeline status from the children as the apiserver returned them.
+
+Pure functions of their inputs (plus the clock for transition times), so every rule
+about what Ready means is testable without a cluster.
+
+- TopicsReady: Strimzi's topic operator marked every KafkaTopic Ready for its current
+  generation (or the Pipeline names no Strimzi cluster, so topics are not ours).
+- WorkersReady: every source and step Deployment has rolled out its current template and
+  has all its desired replicas ready (zero desired counts as ready: KEDA scaled it down).
+- ApiReady: the same for the API Deployment (or the API is disabled).
+- Ready: all three, and the spec was valid and every child applied.
+- Degraded: something needs a human: invalid spec, a child the apiserver refused, a topic
+  Strimzi rejected, a rollout past its progress deadline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowmill.spec import Pipeline
+from flowmill_operator import naming
+from flowmill_operator.render import Rendered
+
+Obj = dict[str, Any]
+ChildKey = tuple[str, str, str]
+"""(kind, namespace, name)"""
+
+
+@dataclass
+class Observation:
+    """What one reconcile saw: the live children and what went wrong."""
+
+    children: dict[ChildKey, Obj] = field(default_factory=dict)
+    apply_errors: dict[ChildKey, str] = field(default_factory=dict)
+    autoscalers: dict[str, Obj] = field(default_factory=dict)
+    """Per step, the HPA that scales it (ours, or the one KEDA made)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ready: bool
+    reason: str
+    message: str
+    degraded: bool = False
+    """Whether the reason needs a human (as opposed to waiting)."""
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(conditions: Iterable[Obj], kind: str) -> Obj | None:
+    return next((c for c in conditions or [] if c.get("type") == kind), None)
+
+
+def topic_verdict(pipeline: Pipeline, rendered: Rendered, seen: Observation) -> Verdict:
+    topics = [m for m in rendered.manifests if m["kind"] == "KafkaTopic"]
+    if not topics:
+        return Verdict(
+            True,
+            "Unmanaged",
+            "spec.kafka.cluster is unset: flowmill creates no KafkaTopics and expects the "
+            "topics to exist",
+        )
+    failed = [_key(m) for m in topics if _key(m) in seen.apply_errors]
+    if failed:
+        message = seen.apply_errors[failed[0]]
+        return Verdict(False, "ApplyFailed", message, degraded=True)
+    pending, errors = [], []
+    for manifest in topics:
+        live = seen.children.get(_key(manifest), {})
+        status = live.get("status") or {}
+        ready = _condition(status.get("conditions", []), "Ready")
+        current = status.get("observedGeneration", 0) >= live.get("metadata", {}).get(
+            "generation", 1
+        )
+        if ready and ready.get("status") == "True" and current:
+            continue
+        topic = manifest["spec"]["topicName"]
+        if ready and ready.get("status") == "False" and current:
+            errors.append(f"{topic}: {ready.get('message') or ready.get('reason')}")
+        else:
+            pending.append(topic)
+    if errors:
+        message = "Strimzi rejected topics: " + "; ".join(errors)
+        return Verdict(False, "TopicError", message, degraded=True)
+    if pending:
+        return Verdict(
+            False,
+            "TopicsPending",
+            f"waiting for Strimzi's topic operator to mark {len(pending)} of {len(topics)} "
+            f"KafkaTopics Ready: {', '.join(pending)}",
+        )
+    return Verdict(True, "TopicsReady", f"{len(topics)} KafkaTopics Ready")
+
+
+def deployment_ready(live: Obj | None) -> bool:
+    if not live:
+        return False
+    spec, status = live.get("spec", {}), live.get("status") or {}
+    desired = spec.get("replicas", 1)
+    rolled_out = status.get("observedGeneration", 0) >= live["metadata"].get("generation", 1)
+    return rolled_out and (
+        desired == 0
+        or (
+            status.get("updatedReplicas", 0) >= desired
+            and status.get("readyReplicas", 0) >= desired
+        )
+    )
+
+
+def _stuck(live: Obj | None) -> str:
+    progressing = _condition((live or {}).get("status", {}).get("conditions", []), "Progressing")
+    if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
+        return f"Deployment {live['metadata']['name'] if live else '?'}: {progressing.get('message', '')}"
+    return ""
+
+
+def _deployments(rendered: Rendered, component: str) -> list[Obj]:
+    return [
+        m
+        for m in rendered.manifests
+        if m["kind"] == "Deployment"
+        and m["metadata"]["labels"].get(naming.COMPONENT_LABEL) == component
+    ]
+
+
+def workers_verdict(rendered: Rendered, seen: Observation) -> Verdict:
+    parts, problems, failed = [], [], []
+    ready_total = 0
+    for component in ("source", "step"):
+        manifests = _deployments(rendered, component)
+        ready = 0
+        for m in manifests:
+            key = _key(m)
+            if key in seen.apply_errors:
+                failed.append(seen.apply_errors[key])
+            live = seen.children.get(key)
+            ready += deployment_ready(live)
+            if stuck := _stuck(live):
+                problems.append(stuck)
+        ready_total += ready
+        if manifests:
+            parts.append(f"{ready}/{len(manifests)} {component}s ready")
+    total = len(_deployments(rendered, "source")) + len(_deployments(rendered, "step"))
+    if failed:
+        return Verdict(False, "ApplyFailed", failed[0], degraded=True)
+    if problems:
+        return Verdict(False, "RolloutStuck", problems[0], degraded=True)
+    if ready_total < total:
+        return Verdict(False, "WorkersPending", ", ".join(parts) + " (every desired replica ready)")
+    return Verdict(True, "WorkersReady", ", ".join(parts) or "no sources or steps")
+
+
+def api_verdict(pipeline: Pipeline, rendered: Rendered, seen: Observation) -> Verdict:
+    if not pipeline.spec.api.enabled:
+        return Verdict(True, "Disabled", "spec.api.enabled is false")
+    manifests = _deployments(rendered, "api")
+    service = [m for m in rendered.manifests if m["kind"] == "Service"]
+    for m in manifests + service:
+        if (error := seen.apply_errors.get(_key(m))) is not None:
+            return Verdict(False, "ApplyFailed", error, degraded=True)
+    live = seen.children.get(_key(manifests[0]))
+    if stuck := _stuck(live):
+        return Verdict(False, "RolloutStuck", stuck, degraded=True)
+    if not deployment_ready(live):
+        status = (live or {}).get("status") or {}
+        desired = (live or {}).get("spec", {}).get("replicas", 1)
+        return Verdict(
+            False,
+            "ApiPending",
+            f"{status.get('readyReplicas', 0)}/{desired} API replicas ready",
+        )
+    return Verdict(True, "ApiReady", "every API replica is ready")
+
+
+def _key(manifest: Obj) -> ChildKey:
+    meta = manifest["metadata"]
+    return (manifest["kind"], meta.get("namespace", ""), meta["name"])
+
+
+def parse_quantity(value: str | int | float | None) -> float | None:
+    """A Kubernetes quantity such as 1500m or 12k as a number."""
+    if value is None:
+        return None
+    text = str(value)
+    factors = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    try:
+        if text and text[-1] in factors:
+            return float(text[:-1]) * factors[text[-1]]
+        return float(text)
+    except ValueError:
+        return None
+
+
+def hpa_lag(hpa: Obj | None) -> int | None:
+    """Total lag an HPA last saw: its per-replica average times its replicas."""
+    status = (hpa or {}).get("status") or {}
+    for metric in status.get("currentMetrics") or []:
+        current = (metric.get("external") or {}).get("current") or {}
+        average = parse_quantity(current.get("averageValue"))
+        if average is not None:
+            return round(average * max(status.get("currentReplicas", 1), 1))
+        value = parse_quantity(current.get("value"))
+        if value is not None:
+            return round(value)
+    return None
+
+
+def step_statuses(pipeline: Pipeline, rendered: Rendered, seen: Observation) -> list[Obj]:
+    out = []
+    for step in pipeline.spec.steps:
+        scale = rendered.scales[step.name]
+        name = naming.step_deployment(pipeline.name, step.name)
+        live = next(
+            (v for k, v in seen.children.items() if k[0] == "Deployment" and k[2] == name), None
+        )
+        status = (live or {}).get("status") or {}
+        entry: Obj = {
+            "name": step.name,
+            "replicas": status.get("replicas", 0),
+            "readyReplicas": status.get("readyReplicas", 0),
+            "maxReplicas": scale.max_replicas,
+            "lag": hpa_lag(seen.autoscalers.get(step.name)),
+        }
+        if scale.message:
+            entry["message"] = scale.message
+        out.append({k: v for k, v in entry.items() if v is not None})
+    return out
+
+
+def merge_conditions(previous: list[Obj], current: list[Obj], generation: int) -> list[Obj]:
+    """Carry lastTransitionTime over when a condition's status did not change."""
+    before = {c.get("type"): c for c in previous or []}
+    merged = []
+    for condition in current:
+        old = before.get(condition["type"])
+        since = (
+            old.get("lastTransitionTime")
+            if old and old.get("status") == condition["status"] and old.get("lastTransitionTime")
+            else now()
+        )
+        merged.append({**condition, "lastTransitionTime": since, "observedGeneration": generation})
+    return merged
+
+
+def condition(kind: str, ok: bool, reason: str, message: str) -> Obj:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
+
+
+def pipeline_status(
+    pipeline: Pipeline,
+    rendered: Rendered,
+    seen: Observation,
+    *,
+    namespace: str,
+    generation: int,
+    previous: Obj,
+    prune_errors: list[str],
+) -> Obj:
+    topics = topic_verdict(pipeline, rendered, seen)
+    workers = workers_verdict(rendered, seen)
+    api = api_verdict(pipeline, rendered, seen)
+    verdicts = {"TopicsReady": topics, "WorkersReady": workers, "ApiReady": api}
+    problems = [(v.reason, v.message) for v in verdicts.values() if v.degraded]
+    problems += [("PruneFailed", e) for e in prune_errors]
+    not_ready = [(k, v) for k, v in verdicts.items() if not v.ready]
+    if not_ready:
+        first = not_ready[0][1]
+        ready = condition("Ready", False, first.reason, "; ".join(v.message for _, v in not_ready))
+    else:
+        ready = condition("Ready", True, "AllReady", "topics, workers and API are ready")
+    if problems:
+        degraded = condition("Degraded", True, problems[0][0], "; ".join(m for _, m in problems))
+    else:
+        degraded = condition("Degraded", False, "AsExpected", "nothing needs attention")
+    conditions = [ready] + [condition(k, v.ready, v.reason, v.message) for k, v in verdicts.items()]
+    conditions.append(degraded)
+    steps = step_statuses(pipeline, rendered, seen)
+    ready_steps = sum(
+        deployment_ready(seen.children.get(("Deployment", namespace, name)))
+        for name in (naming.step_deployment(pipeline.name, s.name) for s in pipeline.spec.steps)
+    )
+    lags = [s["lag"] for s in steps if "lag" in s]
+    endpoint = None
+    if pipeline.spec.api.enabled:
+        service = naming.api_deployment(pipeline.name)
+        endpoint = f"http://{service}.{namespace}.svc:{naming.API_PORT}"
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(previous.get("conditions", []), conditions, generation),
+        "steps": steps,
+        "stepsReady": f"{ready_steps}/{len(pipeline.spec.steps)}",
+        # None clears the field in a merge patch: no number is better than a stale one.
+        "lag": sum(lags) if lags else None,
+        "endpoint": endpoint,
+    }
+
+
+def invalid_status(message: str, *, generation: int, previous: Obj) -> Obj:
+    """Ready=False naming the field; the other conditions keep describing the children
+    of the last valid generation, which keep running untouched."""
+    kept = [
+        c
+        for c in previous.get("conditions", [])
+        if c.get("type") in ("TopicsReady", "WorkersReady", "ApiReady")
+    ]
+    kept_types = {c["type"] for c in kept}
+    unknown = [
+        {"type": t, "status": "Unknown", "reason": "InvalidSpec", "message": "not reconciled"}
+        for t in ("TopicsReady", "WorkersReady", "ApiReady")
+        if t not in kept_types
+    ]
+    current = [
+        condition("Ready", False, "InvalidSpec", message),
+        *kept,
+        *unknown,
+        condition("Degraded", True, "InvalidSpec", message),
+    ]
+    merged = merge_conditions(previous.get("conditions", []), current, generation)
+    for c in merged:
+        if c["type"] in kept_types:  # these describe an older generation
+            c["observedGeneration"] = next(
+                (p.get("observedGeneration") for p in kept if p["type"] == c["type"]), generation
+            )
+    return {"observedGeneration": generation, "conditions": merged}

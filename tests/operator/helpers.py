@@ -1,0 +1,237 @@
+"""Helpers for operator tests: example manifests, reading children, and standing in for
+the two things this machine cannot run (Strimzi's topic operator and a kubelet).
+
+Both stand-ins write status through the real apiserver exactly as the real component
+would; everything downstream (the ReplicaSet and Deployment controllers counting ready
+pods, the operator reading KafkaTopic conditions) is the real thing.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes.client.rest import ApiException
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parent / "golden"
+GROUP, VERSION, PLURAL = "flowmill.dev", "v1alpha1", "pipelines"
+STRIMZI = ("kafka.strimzi.io", "v1", "kafkatopics")
+
+T = TypeVar("T")
+
+
+def example_files() -> list[Path]:
+    """Every example Pipeline: the two test manifests and whatever k8s/examples holds."""
+    files = [ROOT / "tests" / "data" / "design_sketch.yaml", ROOT / "tests" / "data" / "full_features.yaml"]
+    files += sorted((ROOT / "k8s" / "examples").glob("*.yaml"))
+    return files
+
+
+def pipeline_documents(path: Path) -> Iterator[dict[str, Any]]:
+    for document in yaml.safe_load_all(path.read_text()):
+        if isinstance(document, dict) and document.get("kind") == "Pipeline":
+            yield document
+
+
+def example_ids() -> list[str]:
+    return [p.stem for p in example_files()]
+
+
+def for_namespace(
+    document: dict[str, Any], namespace: str, kafka_namespace: str | None = None
+) -> dict[str, Any]:
+    """A Pipeline manifest moved into a test namespace; a Kafka namespace in the spec is
+    moved too, so cross-namespace topics stay cross-namespace."""
+    body = copy.deepcopy(document)
+    body["metadata"]["namespace"] = namespace
+    kafka = body["spec"].get("kafka") or {}
+    if kafka.get("namespace"):
+        kafka["namespace"] = kafka_namespace or kafka["namespace"]
+    return body
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = probe()
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            last = None
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Cluster:
+    """Thin typed access to the objects operator tests look at."""
+
+    def __init__(self, api_client: k8s_client.ApiClient) -> None:
+        self.api = api_client
+        self.custom = k8s_client.CustomObjectsApi(api_client)
+        self.core = k8s_client.CoreV1Api(api_client)
+        self.apps = k8s_client.AppsV1Api(api_client)
+        self.autoscaling = k8s_client.AutoscalingV2Api(api_client)
+
+    def create_namespace(self, name: str) -> None:
+        try:
+            self.core.create_namespace({"metadata": {"name": name}})
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+    # -- Pipelines --------------------------------------------------------------------------
+
+    def create_pipeline(self, body: dict[str, Any]) -> dict[str, Any]:
+        ns = body["metadata"]["namespace"]
+        return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body))
+
+    def pipeline(self, namespace: str, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+
+    def patch_pipeline(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Replace the spec, as `kubectl apply` of an edited file would."""
+        current = self.pipeline(namespace, name)
+        current["spec"] = spec
+        return dict(
+            self.custom.replace_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, current
+            )
+        )
+
+    def delete_pipeline(self, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def condition(self, namespace: str, name: str, kind: str) -> dict[str, Any] | None:
+        status = self.pipeline(namespace, name).get("status") or {}
+        return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
+
+    def wait_condition(
+        self, namespace: str, name: str, kind: str, status: str, timeout: float = 15
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            found = self.condition(namespace, name, kind)
+            return found if found and found["status"] == status else None
+
+        return wait_for(probe, timeout, f"{kind}={status} on Pipeline {namespace}/{name}")
+
+    # -- children ---------------------------------------------------------------------------
+
+    def children(self, namespace: str, pipeline: str) -> set[tuple[str, str, str]]:
+        """(kind, namespace, name) of every object labelled as the Pipeline's in
+        `namespace`, of every kind the operator writes."""
+        selector = f"flowmill.dev/pipeline={pipeline}"
+        found: set[tuple[str, str, str]] = set()
+
+        def add(kind: str, items: list[Any]) -> None:
+            for item in items:
+                meta = item["metadata"] if isinstance(item, dict) else item.metadata
+                name = meta["name"] if isinstance(meta, dict) else meta.name
+                deleting = (
+                    meta.get("deletionTimestamp") if isinstance(meta, dict) else meta.deletion_timestamp
+                )
+                if not deleting:
+                    found.add((kind, namespace, name))
+
+        add("ConfigMap", self.core.list_namespaced_config_map(namespace, label_selector=selector).items)
+        add("Service", self.core.list_namespaced_service(namespace, label_selector=selector).items)
+        add("Deployment", self.apps.list_namespaced_deployment(namespace, label_selector=selector).items)
+        add(
+            "HorizontalPodAutoscaler",
+            [
+                h
+                for h in self.autoscaling.list_namespaced_horizontal_pod_autoscaler(
+                    namespace, label_selector=f"{selector},app.kubernetes.io/managed-by=flowmill-operator"
+                ).items
+            ],
+        )
+        add(
+            "PodDisruptionBudget",
+            k8s_client.PolicyV1Api(self.api)
+            .list_namespaced_pod_disruption_budget(namespace, label_selector=selector)
+            .items,
+        )
+        for group, version, plural, kind in (
+            (*STRIMZI, "KafkaTopic"),
+            ("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject"),
+            ("monitoring.coreos.com", "v1", "podmonitors", "PodMonitor"),
+        ):
+            items = self.custom.list_namespaced_custom_object(
+                group, version, namespace, plural, label_selector=selector
+            )["items"]
+            add(kind, items)
+        return found
+
+    def deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        return dict(self.api.sanitize_for_serialization(self.apps.read_namespaced_deployment(name, namespace)))
+
+    def hpa(self, namespace: str, name: str) -> dict[str, Any]:
+        return dict(
+            self.api.sanitize_for_serialization(
+                self.autoscaling.read_namespaced_horizontal_pod_autoscaler(name, namespace)
+            )
+        )
+
+    def topic(self, namespace: str, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(*STRIMZI[:2], namespace, STRIMZI[2], name))
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        events = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=Pipeline"
+        ).items
+        return [{"type": e.type, "reason": e.reason, "message": e.message} for e in events]
+
+    # -- stand-ins ----------------------------------------------------------------------------
+
+    def act_as_strimzi(self, namespace: str, pipeline: str) -> int:
+        """Mark the Pipeline's KafkaTopics Ready for their current generation, as
+        Strimzi's topic operator does once the topic exists in Kafka."""
+        topics = self.custom.list_namespaced_custom_object(
+            *STRIMZI[:2], namespace, STRIMZI[2], label_selector=f"flowmill.dev/pipeline={pipeline}"
+        )["items"]
+        for topic in topics:
+            status = {
+                "observedGeneration": topic["metadata"]["generation"],
+                "topicName": topic["spec"]["topicName"],
+                "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": _now()}
+                ],
+            }
+            self.custom.patch_namespaced_custom_object_status(
+                *STRIMZI[:2], namespace, STRIMZI[2], topic["metadata"]["name"], {"status": status}
+            )
+        return len(topics)
+
+    def act_as_kubelet(self, namespace: str, pipeline: str) -> int:
+        """Report the Pipeline's pods Running and Ready, as a kubelet would once their
+        containers pass the readiness probe; the ReplicaSet and Deployment controllers
+        then count them, as in a real cluster."""
+        pods = self.core.list_namespaced_pod(
+            namespace, label_selector=f"flowmill.dev/pipeline={pipeline}"
+        ).items
+        now = _now()
+        ready = [
+            {"type": t, "status": "True", "lastTransitionTime": now}
+            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+        ]
+        for pod in pods:
+            if pod.metadata.deletion_timestamp:
+                continue
+            self.core.patch_namespaced_pod_status(
+                pod.metadata.name, namespace, {"status": {"phase": "Running", "conditions": ready}}
+            )
+        return len(pods)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

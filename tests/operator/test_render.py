@@ -1,0 +1,322 @@
+"""The renderer on its own: Pipeline -> manifests, no cluster."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flowmill.manifest import load_pipelines, parse_pipeline
+from flowmill.spec import Pipeline
+from flowmill_operator import naming
+from flowmill_operator.render import Manifest, RenderError, render
+from flowmill_operator.settings import RenderSettings
+from tests.operator.helpers import ROOT, example_files, example_ids
+
+SKETCH = ROOT / "tests" / "data" / "design_sketch.yaml"
+FULL = ROOT / "tests" / "data" / "full_features.yaml"
+SETTINGS = RenderSettings(image="registry.example/flowmill:test")
+
+
+def load(path: Path) -> Pipeline:
+    return load_pipelines(path)[0]
+
+
+def edited(path: Path, edit: Any) -> Pipeline:
+    document = yaml.safe_load(path.read_text())
+    edit(document)
+    return parse_pipeline(document)
+
+
+def by_kind(manifests: list[Manifest], kind: str) -> dict[str, Manifest]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+@pytest.mark.parametrize("path", example_files(), ids=example_ids())
+def test_every_example_renders_a_complete_set(path: Path) -> None:
+    for pipeline in load_pipelines(path):
+        out = render(pipeline, SETTINGS, uid="00000000-0000-0000-0000-000000000001")
+        names = {(m["kind"], m["metadata"]["name"]) for m in out.manifests}
+        assert len(names) == len(out.manifests), "no child is rendered twice"
+        p = pipeline.name
+        assert ("ConfigMap", naming.config_map(p)) in names
+        for source in pipeline.spec.sources:
+            assert ("Deployment", naming.source_deployment(p, source.name)) in names
+        for step in pipeline.spec.steps:
+            assert ("Deployment", naming.step_deployment(p, step.name)) in names
+            if step.autoscaling:
+                kind = step.autoscaling.kind or SETTINGS.autoscaler
+                expected = "HorizontalPodAutoscaler" if kind == "hpa" else "ScaledObject"
+                assert (expected, naming.step_deployment(p, step.name)) in names
+        if pipeline.spec.kafka.cluster:
+            topics = by_kind(out.manifests, "KafkaTopic")
+            declared = {t["spec"]["topicName"] for t in topics.values()}
+            assert {t.name for t in pipeline.spec.topics} <= declared
+        if pipeline.spec.api.enabled:
+            assert ("Service", naming.api_deployment(p)) in names
+        for manifest in out.manifests:
+            labels = manifest["metadata"]["labels"]
+            assert labels[naming.PIPELINE_LABEL] == p
+            assert labels[naming.MANAGED_BY_LABEL] == naming.MANAGER
+
+
+@pytest.mark.parametrize("path", example_files(), ids=example_ids())
+def test_config_map_holds_the_normalized_spec(path: Path) -> None:
+    for pipeline in load_pipelines(path):
+        out = render(pipeline, SETTINGS)
+        text = by_kind(out.manifests, "ConfigMap")[naming.config_map(pipeline.name)]["data"][
+            "pipeline.yaml"
+        ]
+        # What workers load is the very Pipeline the operator validated.
+        reread = parse_pipeline(yaml.safe_load(text))
+        assert reread.spec == pipeline.spec
+        assert reread.name == pipeline.name
+
+
+def test_deployments_are_hardened_probed_and_scraped() -> None:
+    out = render(load(SKETCH), SETTINGS)
+    for deployment in by_kind(out.manifests, "Deployment").values():
+        template = deployment["spec"]["template"]
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        (container,) = pod["containers"]
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert container["image"] == SETTINGS.image
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        port = container["ports"][0]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port["containerPort"])
+        assert annotations[naming.SPEC_HASH_ANNOTATION] == out.spec_hash
+        # The read-only root needs a writable /tmp, and the spec is mounted read-only.
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts[naming.CONFIG_MOUNT]["readOnly"] is True
+        assert "/tmp" in mounts
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= template["metadata"]["labels"].items()
+
+
+def test_worker_and_api_command_lines() -> None:
+    pipeline = load(SKETCH)
+    deployments = by_kind(render(pipeline, SETTINGS).manifests, "Deployment")
+    step = deployments["trip-metrics-step-by-region"]["spec"]["template"]["spec"]["containers"][0]
+    assert step["command"] == ["flowmill"]
+    assert step["args"] == ["worker", "--pipeline", naming.PIPELINE_FILE, "--step", "by-region"]
+    assert step["ports"][0]["containerPort"] == 9400
+    env = {e["name"]: e for e in step["env"]}
+    assert env["FLOWMILL_BOOTSTRAP_SERVERS"]["value"] == "events-kafka-bootstrap:9092"
+    assert env["FLOWMILL_REDIS_URL"]["value"] == "redis://redis:6379/0"
+    source = deployments["trip-metrics-source-replay"]["spec"]["template"]["spec"]["containers"][0]
+    assert source["args"][-2:] == ["--source", "replay"]
+    api = deployments["trip-metrics-api"]["spec"]["template"]["spec"]["containers"][0]
+    assert api["args"] == ["api", "--pipeline", naming.PIPELINE_FILE, "--port", "8000"]
+
+
+def test_redis_secret_ref_and_s3_credentials_come_from_secrets() -> None:
+    deployments = by_kind(render(load(FULL), SETTINGS).manifests, "Deployment")
+    state = deployments["everything-step-station-state"]["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in state["containers"][0]["env"]}
+    assert env["FLOWMILL_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "redis-url", "key": "url"}
+    # Strimzi's bootstrap Service in the Kafka namespace.
+    assert env["FLOWMILL_BOOTSTRAP_SERVERS"]["value"] == "events-kafka-bootstrap.kafka.svc:9092"
+    lake = deployments["everything-step-station-lake"]["spec"]["template"]["spec"]
+    assert {"name": "lake", "mountPath": "/lake/stations"} in lake["containers"][0]["volumeMounts"]
+
+
+def test_replicas_left_out_only_when_an_autoscaler_owns_them() -> None:
+    out = render(load(FULL), SETTINGS)
+    deployments = by_kind(out.manifests, "Deployment")
+    assert "replicas" not in deployments["everything-step-daily-kpis"]["spec"]  # KEDA
+    assert deployments["everything-step-station-state"]["spec"]["replicas"] == 1
+    assert deployments["everything-api"]["spec"]["replicas"] == 1
+    sketch = by_kind(render(load(SKETCH), SETTINGS).manifests, "Deployment")
+    assert "replicas" not in sketch["trip-metrics-step-by-region"]["spec"]  # HPA
+    assert "replicas" not in sketch["trip-metrics-api"]["spec"]  # API HPA on CPU
+
+
+def test_step_hpa_scales_on_consumer_lag() -> None:
+    out = render(load(SKETCH), SETTINGS)
+    hpa = by_kind(out.manifests, "HorizontalPodAutoscaler")["trip-metrics-step-by-region"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "trip-metrics-step-by-region",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 6)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["metric"] == {
+        "name": "flowmill_consumer_lag",
+        "selector": {"matchLabels": {"pipeline": "trip-metrics", "step": "by-region"}},
+    }
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "5000"}
+    behavior = hpa["spec"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    api = by_kind(out.manifests, "HorizontalPodAutoscaler")["trip-metrics-api"]
+    assert api["spec"]["metrics"][0]["resource"]["target"] == {
+        "type": "Utilization",
+        "averageUtilization": 70,
+    }
+    assert (api["spec"]["minReplicas"], api["spec"]["maxReplicas"]) == (2, 10)
+
+
+def test_max_replicas_never_exceed_input_partitions() -> None:
+    def ask_for_twenty(doc: dict[str, Any]) -> None:
+        doc["spec"]["steps"][0]["autoscaling"]["maxReplicas"] = 20
+
+    out = render(edited(SKETCH, ask_for_twenty), SETTINGS)
+    hpa = by_kind(out.manifests, "HorizontalPodAutoscaler")["trip-metrics-step-by-region"]
+    assert hpa["spec"]["maxReplicas"] == 6
+    scale = out.scales["by-region"]
+    assert scale.max_replicas == 6
+    assert "capped at the 6 partitions of topic trips" in scale.message
+
+    def fixed_ten(doc: dict[str, Any]) -> None:
+        del doc["spec"]["steps"][0]["autoscaling"]
+        doc["spec"]["steps"][0]["replicas"] = 10
+
+    fixed = render(edited(SKETCH, fixed_ten), SETTINGS)
+    assert by_kind(fixed.manifests, "Deployment")["trip-metrics-step-by-region"]["spec"]["replicas"] == 6
+
+
+def test_keda_alternative_per_step_and_operator_wide() -> None:
+    out = render(load(FULL), SETTINGS)
+    scaled = by_kind(out.manifests, "ScaledObject")["everything-step-daily-kpis"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "everything-step-daily-kpis"
+    assert scaled["spec"]["maxReplicaCount"] == 6  # 12 asked, trips has 6 partitions
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == "flowmill.everything.daily-kpis"
+    assert trigger["metadata"]["topic"] == "trips"
+    assert trigger["metadata"]["lagThreshold"] == "2000"
+    # Operator-wide KEDA: the sketch's step (no kind) becomes a ScaledObject, no HPA.
+    keda = render(load(SKETCH), RenderSettings(autoscaler="keda"))
+    assert "trip-metrics-step-by-region" in by_kind(keda.manifests, "ScaledObject")
+    assert "trip-metrics-step-by-region" not in by_kind(keda.manifests, "HorizontalPodAutoscaler")
+
+
+def test_hpa_cannot_scale_to_zero_keda_can() -> None:
+    def zero(doc: dict[str, Any]) -> None:
+        doc["spec"]["steps"][0]["autoscaling"]["minReplicas"] = 0
+
+    hpa = render(edited(SKETCH, zero), SETTINGS)
+    assert by_kind(hpa.manifests, "HorizontalPodAutoscaler")["trip-metrics-step-by-region"]["spec"]["minReplicas"] == 1
+    assert "needs KEDA" in hpa.scales["by-region"].message
+    keda = render(edited(SKETCH, zero), RenderSettings(autoscaler="keda"))
+    assert by_kind(keda.manifests, "ScaledObject")["trip-metrics-step-by-region"]["spec"]["minReplicaCount"] == 0
+
+
+def test_topics_strimzi_version_cluster_label_and_join_changelog() -> None:
+    out = render(load(FULL), RenderSettings(strimzi_api_version="kafka.strimzi.io/v1beta2"))
+    topics = by_kind(out.manifests, "KafkaTopic")
+    for topic in topics.values():
+        assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "events"
+        assert topic["metadata"]["namespace"] == "kafka"  # spec.kafka.namespace
+    dlq = topics["everything-dlq"]["spec"]
+    assert dlq == {
+        "topicName": "dlq",
+        "partitions": 1,
+        "replicas": 1,
+        "config": {"retention.ms": "604800000", "cleanup.policy": "delete"},
+    }
+    pending = next(t for t in topics.values() if t["spec"]["topicName"] == "everything.join-trips.pending")
+    # Same partitions as the join's input, compacted: it is a changelog of open pairs.
+    assert pending["spec"]["partitions"] == 6
+    assert pending["spec"]["config"] == {"cleanup.policy": "compact"}
+
+
+def test_owner_references_only_within_the_namespace() -> None:
+    uid = "11111111-2222-3333-4444-555555555555"
+    out = render(load(FULL), SETTINGS, namespace="data", uid=uid)
+    for manifest in out.manifests:
+        refs = manifest["metadata"].get("ownerReferences")
+        if manifest["metadata"]["namespace"] == "data":
+            assert refs == [naming.owner_reference("everything", uid)]
+        else:  # topics in the Kafka namespace: the finalizer deletes them
+            assert manifest["kind"] == "KafkaTopic" and refs is None
+    assert all("ownerReferences" not in m["metadata"] for m in render(load(FULL), SETTINGS).manifests)
+
+
+def test_spec_hash_follows_what_workers_compute_not_scaling() -> None:
+    base = render(load(SKETCH), SETTINGS).spec_hash
+
+    def window(doc: dict[str, Any]) -> None:
+        doc["spec"]["steps"][0]["window"]["size"] = "5m"
+
+    def scaling(doc: dict[str, Any]) -> None:
+        doc["spec"]["steps"][0]["autoscaling"]["maxReplicas"] = 3
+        doc["spec"]["api"]["replicas"] = 5
+
+    assert render(edited(SKETCH, window), SETTINGS).spec_hash != base
+    assert render(edited(SKETCH, scaling), SETTINGS).spec_hash == base
+    assert render(load(SKETCH), SETTINGS).spec_hash == base  # deterministic
+
+
+def test_cluster_only_requirements_name_their_field() -> None:
+    def no_kafka(doc: dict[str, Any]) -> None:
+        doc["spec"]["kafka"] = {}
+
+    with pytest.raises(RenderError) as caught:
+        render(edited(SKETCH, no_kafka), SETTINGS)
+    assert [e.path for e in caught.value.errors] == ["spec.kafka"]
+    # An operator-wide default Kafka satisfies it, and no topics are managed then.
+    fallback = render(
+        edited(SKETCH, no_kafka), RenderSettings(default_bootstrap_servers="kafka:9092")
+    )
+    assert not by_kind(fallback.manifests, "KafkaTopic")
+
+    def no_redis(doc: dict[str, Any]) -> None:
+        doc["spec"]["redis"] = {}
+
+    with pytest.raises(RenderError) as caught:
+        render(edited(SKETCH, no_redis), SETTINGS)
+    assert [e.path for e in caught.value.errors] == ["spec.steps[0].sink.redis"]
+
+
+def test_pod_disruption_budgets_and_pod_monitor_when_asked() -> None:
+    assert not by_kind(render(load(SKETCH), SETTINGS).manifests, "PodDisruptionBudget")
+
+    def annotate(doc: dict[str, Any]) -> None:
+        doc["metadata"]["annotations"] = {naming.PDB_ANNOTATION: "true"}
+
+    pdbs = by_kind(render(edited(SKETCH, annotate), SETTINGS).manifests, "PodDisruptionBudget")
+    assert set(pdbs) == {"trip-metrics-step-by-region", "trip-metrics-api"}
+    assert pdbs["trip-metrics-api"]["spec"]["maxUnavailable"] == 1
+    settings = RenderSettings(pod_disruption_budgets=True, pod_monitor=True)
+    out = render(load(SKETCH), settings)
+    assert len(by_kind(out.manifests, "PodDisruptionBudget")) == 2
+    monitor = by_kind(out.manifests, "PodMonitor")["trip-metrics"]
+    ports = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert ports == {"metrics", "http"}
+
+
+def test_api_can_be_disabled() -> None:
+    def disable(doc: dict[str, Any]) -> None:
+        doc["spec"]["api"] = {"enabled": False}
+
+    out = render(edited(SKETCH, disable), SETTINGS)
+    assert not by_kind(out.manifests, "Service")
+    assert "trip-metrics-api" not in by_kind(out.manifests, "Deployment")
+
+
+def test_rendering_does_not_mutate_or_share_state() -> None:
+    pipeline = load(FULL)
+    first = render(pipeline, SETTINGS).manifests
+    snapshot = copy.deepcopy(first)
+    first[3]["spec"]["partitions"] = 999
+    deployment = next(m for m in first if m["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    assert render(pipeline, SETTINGS).manifests == snapshot
