@@ -83,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker_command.configure(sub.add_parser("worker", help="run one source or step of a Pipeline"))
 
-    p = sub.add_parser("run", help="run a whole Pipeline on this machine")
-    p.add_argument("file", metavar="FILE")
-    p.set_defaults(handler=_not_built("run", 6))
+    from flowmill.run import command as run_command
+
+    run_command.configure(sub.add_parser("run", help="run a whole Pipeline on this machine"))
     return parser
 
 

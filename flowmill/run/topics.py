@@ -94,5 +94,7 @@ def _wait_for_leaders(admin: Any, names: list[str], timeout: float) -> dict[str,
         if not pending:
             return described
         if time.monotonic() > deadline:
-            raise TimeoutError(f"Kafka topics without partition leaders after {timeout:.0f}s: {pending}")
+            raise TimeoutError(
+                f"Kafka topics without partition leaders after {timeout:.0f}s: {pending}"
+            )
         time.sleep(0.1)

@@ -149,7 +149,4 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     ks.watching.server_timeout = 60
     ks.watching.client_timeout = 90
     ks.networking.request_timeout = 30
-    # Kopf waits this long for more events of an object before handling them; the default
-    # 0.1 s, paid twice on creation (finalizer, then create), is most of our latency.
-    ks.batching.batch_window = 0.05
     return ks

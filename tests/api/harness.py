@@ -200,17 +200,21 @@ class Served:
                 self.pipeline, step, self.kafka.bootstrap_servers, self.redis_url, len(events)
             )
 
-    async def add_vehicles(self, events: list[dict[str, Any]]) -> None:
+    async def add_vehicles(
+        self, events: list[dict[str, Any]], steps: tuple[str, ...] = ("positions",)
+    ) -> None:
         await produce(self.kafka.bootstrap_servers, self.vehicles_topic, events, "vehicle_id")
         self.vehicles += events
-        await run_step(
-            self.pipeline, "positions", self.kafka.bootstrap_servers, self.redis_url, len(events)
-        )
+        for step in steps:
+            await run_step(
+                self.pipeline, step, self.kafka.bootstrap_servers, self.redis_url, len(events)
+            )
 
 
 def build_pipeline(prefix: str) -> Pipeline:
     """Trips windowed per region (every aggregate op), the same trips in hopping windows
-    that are not published, and vehicles' latest positions with geo."""
+    that are not published, vehicles' latest positions with geo, and their latest speeds
+    only (a latest table without geo)."""
     name = unique(prefix)
     trips_topic, vehicles_topic = f"{name}-trips", f"{name}-vehicles"
     return pipeline(
@@ -245,6 +249,13 @@ def build_pipeline(prefix: str) -> Pipeline:
                 "latest": {},
                 "sink": {"redis": {"table": "vehicles", "geo": {"lat": "lat", "lon": "lon"}}},
             },
+            {
+                "name": "speeds",
+                "from": vehicles_topic,
+                "keyBy": "vehicle_id",
+                "latest": {"fields": ["speed"]},
+                "sink": {"redis": {"table": "speeds"}},
+            },
         ],
     )
 
@@ -254,7 +265,7 @@ async def fill(kafka: EmbeddedKafka, redis_url: str, prefix: str) -> Served:
     create_topics(kafka, p)
     served = Served(p, kafka, redis_url)
     await served.add_trips(trips(1200, seed=11), ("by-region", "hopping"))
-    await served.add_vehicles(vehicles(30, 3, seed=12))
+    await served.add_vehicles(vehicles(30, 3, seed=12), ("positions", "speeds"))
     return served
 
 

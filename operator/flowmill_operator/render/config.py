@@ -42,8 +42,10 @@ def spec_hash(pipeline: Pipeline, namespace: str) -> str:
 
 
 def config_map(ctx: RenderContext) -> Manifest:
+    # Sorted keys: the apiserver stores a Pipeline's maps (aggregate, map, config) sorted,
+    # so only sorted output is the same whether rendered from a file or from the cluster.
     text = yaml.safe_dump(
-        normalized_document(ctx.pipeline, ctx.namespace), sort_keys=False, allow_unicode=True
+        normalized_document(ctx.pipeline, ctx.namespace), sort_keys=True, allow_unicode=True
     )
     meta = ctx.metadata(naming.config_map(ctx.name), "config")
     meta["annotations"] = {naming.SPEC_HASH_ANNOTATION: ctx.spec_hash}

@@ -39,6 +39,8 @@ from flowmill_workers.steps.windows import WindowAggregator, WindowBatch, partia
 
 log = logging.getLogger("flowmill.worker")
 
+COMMIT_INTERVAL_S = 1.0
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -111,6 +113,8 @@ class StepRunner:
         ) or self.correlator is not None
         self.dead_topic = step.dead_letter_topic()
         self.pipelined = self.uses_redis and not self.transactional
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._last_commit = 0.0
         # Batches of plain tumbling-window steps take the numpy path; see windows_columnar.
         self.columnar = (
             self.windows is not None
@@ -216,6 +220,9 @@ class StepRunner:
         finally:
             if writing is not None:
                 await writing
+        if self._uncommitted:
+            await self._commit(self._uncommitted)
+            self._uncommitted = {}
         if self.lake is not None:
             await self._flush_lake(list(self.lake.buffers))
 
@@ -395,10 +402,24 @@ class StepRunner:
             return
         if self.table is not None and self.redis is not None:
             await self._apply_tables(results)
+            # Redis holds the authoritative position; the Kafka commit only feeds lag
+            # (for the HPA), so once a second is plenty and spares a round trip per batch.
+            self._uncommitted.update(offsets)
+            if time.monotonic() - self._last_commit < COMMIT_INTERVAL_S:
+                return
+            offsets, self._uncommitted = self._uncommitted, {}
+        await self._commit(offsets)
+
+    async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        assert self.consumer is not None
+        owned = self.consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in owned}
+        self._last_commit = time.monotonic()
+        if not offsets:
+            return
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as err:
-            # Redis holds the authoritative position; the Kafka commit only feeds lag.
             log.warning("offset commit failed (rebalance?): %s", err)
 
     async def _flush_lake(self, partitions: list[tuple[str, int]]) -> None:

@@ -1,0 +1,211 @@
+"""A local GBFS feed for examples and tests: nothing here reaches the internet, so the
+Citi Bike example polls this instead of gbfs.citibikenyc.com.
+
+A feed folder holds `feed.json`: the system, its regions and stations (what
+`station_information.json` and `system_regions.json` serve), and how station_status
+changes: a new snapshot every `period` seconds, `snapshots` of them (0: forever, the
+last one is then served unchanged), drawn from `seed`. Snapshot k of a station is a
+pure function of (seed, station, k), so a feed started twice serves the same data;
+snapshot k's `last_updated` is the server's start time plus k * period.
+
+Any path ending in one of the GBFS file names is served, so a manifest can keep the real
+feed's path (`/gbfs/en/station_status.json`) and change only the host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("flowmill.run.gbfs")
+
+GBFS_VERSION = "2.3"
+FEEDS = ("gbfs", "system_information", "system_regions", "station_information", "station_status")
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """The contents of a feed folder's feed.json."""
+
+    system: dict[str, Any]
+    regions: list[dict[str, Any]]
+    stations: list[dict[str, Any]]
+    period: int
+    snapshots: int
+    seed: int
+
+    @classmethod
+    def load(cls, folder: Path) -> FeedConfig:
+        raw = json.loads((folder / "feed.json").read_text())
+        period = int(raw.get("period", 30))
+        if period < 1:
+            raise ValueError(f"{folder / 'feed.json'}: period must be >= 1 second")
+        return cls(
+            system=raw["system"],
+            regions=raw.get("regions", []),
+            stations=raw["stations"],
+            period=period,
+            snapshots=int(raw.get("snapshots", 0)),
+            seed=int(raw.get("seed", 0)),
+        )
+
+
+class StatusTimeline:
+    """Station status snapshots: a random walk per station, the same for the same seed."""
+
+    def __init__(self, config: FeedConfig, started: int) -> None:
+        self.config = config
+        self.started = started
+        self._states: list[dict[str, dict[str, int]]] = []
+
+    def index_at(self, now: float) -> int:
+        k = max(0, math.floor((now - self.started) / self.config.period))
+        if self.config.snapshots > 0:
+            k = min(k, self.config.snapshots - 1)
+        return k
+
+    def last_updated(self, k: int) -> int:
+        return self.started + k * self.config.period
+
+    def snapshot(self, k: int) -> list[dict[str, Any]]:
+        """The station_status entries of snapshot k."""
+        while len(self._states) <= k:
+            self._states.append(self._next_states(len(self._states)))
+        updated = self.last_updated(k)
+        out = []
+        for station in self.config.stations:
+            s = self._states[k][station["station_id"]]
+            capacity = int(station["capacity"])
+            out.append(
+                {
+                    "station_id": station["station_id"],
+                    "num_bikes_available": s["bikes"],
+                    "num_ebikes_available": s["ebikes"],
+                    "num_bikes_disabled": s["bikes_disabled"],
+                    "num_docks_available": capacity
+                    - s["bikes"]
+                    - s["bikes_disabled"]
+                    - s["docks_disabled"],
+                    "num_docks_disabled": s["docks_disabled"],
+                    "is_installed": 1,
+                    "is_renting": s["renting"],
+                    "is_returning": s["renting"],
+                    "last_reported": updated - s["report_lag"],
+                }
+            )
+        return out
+
+    def _next_states(self, k: int) -> dict[str, dict[str, int]]:
+        states = {}
+        for station in self.config.stations:
+            sid = station["station_id"]
+            capacity = int(station["capacity"])
+            rng = random.Random(f"flowmill-gbfs:{self.config.seed}:{sid}:{k}")
+            if k == 0:
+                bikes_disabled = rng.randint(0, 2)
+                docks_disabled = rng.randint(0, 1)
+                bikes = rng.randint(0, capacity - bikes_disabled - docks_disabled)
+            else:
+                prev = self._states[k - 1][sid]
+                bikes_disabled, docks_disabled = prev["bikes_disabled"], prev["docks_disabled"]
+                room = capacity - bikes_disabled - docks_disabled
+                # Rides leave and arrive a few at a time; a station drifts, it does not jump.
+                bikes = min(room, max(0, prev["bikes"] + rng.randint(-4, 4)))
+            states[sid] = {
+                "bikes": bikes,
+                "ebikes": rng.randint(0, bikes // 3),
+                "bikes_disabled": bikes_disabled,
+                "docks_disabled": docks_disabled,
+                "renting": 0 if rng.random() < 0.04 else 1,
+                "report_lag": rng.randint(0, min(20, self.config.period)),
+            }
+        return states
+
+
+class GbfsFeed:
+    """The GBFS documents of one feed at a given time."""
+
+    def __init__(self, folder: Path, started: int | None = None) -> None:
+        self.config = FeedConfig.load(folder)
+        self.started = int(time.time()) if started is None else started
+        self.timeline = StatusTimeline(self.config, self.started)
+
+    def document(self, feed: str, base_url: str, now: float | None = None) -> dict[str, Any]:
+        """The document `feed` (one of FEEDS) as served at `now`."""
+        now = time.time() if now is None else now
+        k = self.timeline.index_at(now)
+        ttl = self.config.period
+        if feed == "station_status":
+            return self._doc(
+                self.timeline.last_updated(k), ttl, {"stations": self.timeline.snapshot(k)}
+            )
+        if feed == "station_information":
+            return self._doc(self.started, ttl, {"stations": self.config.stations})
+        if feed == "system_regions":
+            return self._doc(self.started, ttl, {"regions": self.config.regions})
+        if feed == "system_information":
+            return self._doc(self.started, ttl, self.config.system)
+        if feed == "gbfs":
+            feeds = [{"name": f, "url": f"{base_url}/{f}.json"} for f in FEEDS if f != "gbfs"]
+            return self._doc(self.started, ttl, {"en": {"feeds": feeds}})
+        raise KeyError(feed)
+
+    @staticmethod
+    def _doc(last_updated: int, ttl: int, data: dict[str, Any]) -> dict[str, Any]:
+        return {"last_updated": last_updated, "ttl": ttl, "version": GBFS_VERSION, "data": data}
+
+
+class GbfsServer:
+    """Serves a GbfsFeed over HTTP on a thread of the current process."""
+
+    def __init__(self, folder: Path, host: str, port: int) -> None:
+        self.feed = GbfsFeed(folder)
+        self.folder = folder
+        feed = self.feed
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0].rstrip("/")
+                directory, _, name = path.rpartition("/")
+                feed_name = name.removesuffix(".json")
+                if not name.endswith(".json") or feed_name not in FEEDS:
+                    self._send(404, {"error": f"no GBFS feed at {path}", "feeds": list(FEEDS)})
+                    return
+                base = f"http://{self.headers.get('Host', f'{host}:{port}')}{directory}"
+                self._send(200, feed.document(feed_name, base))
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("gbfs %s", format % args)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.host, self.port = host, self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="gbfs", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

@@ -1,0 +1,437 @@
+"""The operator against the real kube-apiserver and kube-controller-manager.
+
+Pods never run here (no container runtime), so where a test needs running pods or
+Strimzi's topic operator it says so and uses the stand-ins in helpers.py, which write
+status through the apiserver the way a kubelet or Strimzi would.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from typing import Any
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from flowmill.manifest import parse_pipeline
+from flowmill_operator import naming
+from flowmill_operator.render import Manifest, render
+from flowmill_operator.runner import OperatorThread
+from flowmill_operator.settings import RenderSettings
+from flowmill_operator.status import parse_quantity
+from tests.harness.kube import KubeControlPlane
+from tests.operator.fixtures import TEST_IMAGE
+from tests.operator.helpers import (
+    Cluster,
+    example_files,
+    for_namespace,
+    pipeline_documents,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kube
+
+SKETCH = example_files()[0]
+FULL = example_files()[1]
+# The session's CRDs include PodMonitor, so the operator (pod monitors: auto) adds one.
+EXPECTED_SETTINGS = RenderSettings(image=TEST_IMAGE, pod_monitor=True)
+CHILDREN_TIMEOUT = 10.0
+
+EXAMPLES = [
+    (path, document)
+    for path in example_files()
+    for document in pipeline_documents(path)
+]
+
+
+def expected(body: dict[str, Any], uid: str | None = None) -> list[Manifest]:
+    return render(parse_pipeline(body), EXPECTED_SETTINGS, uid=uid).manifests
+
+
+def keys(manifests: list[Manifest]) -> set[tuple[str, str, str]]:
+    return {(m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]) for m in manifests}
+
+
+def live_children(cluster: Cluster, body: dict[str, Any]) -> set[tuple[str, str, str]]:
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    found = cluster.children(namespace, name)
+    kafka_ns = (body["spec"].get("kafka") or {}).get("namespace")
+    if kafka_ns and kafka_ns != namespace:
+        found |= cluster.children(kafka_ns, name)
+    return found
+
+
+def create_and_wait(cluster: Cluster, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Create the Pipeline; return it and the seconds until every child existed."""
+    want = keys(expected(body))
+    started = time.monotonic()
+    created = cluster.create_pipeline(body)
+    wait_for(
+        lambda: want <= live_children(cluster, body),
+        CHILDREN_TIMEOUT,
+        f"children of {body['metadata']['name']}",
+        interval=0.02,
+    )
+    return created, time.monotonic() - started
+
+
+def contains(want: Any, got: Any, path: str = "") -> list[str]:
+    """Where the live object lacks what was rendered (the server adds defaults, and
+    canonicalises quantities such as 5000 -> 5k)."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            return [f"{path}: expected a mapping, got {got!r}"]
+        return [d for k, v in want.items() for d in contains(v, got.get(k), f"{path}.{k}")]
+    if isinstance(want, list):
+        if not isinstance(got, list) or len(got) != len(want):
+            return [f"{path}: expected {want!r}, got {got!r}"]
+        return [d for i, (w, g) in enumerate(zip(want, got, strict=True)) for d in contains(w, g, f"{path}[{i}]")]
+    if want == got:
+        return []
+    if isinstance(want, str) and isinstance(got, str):
+        a, b = parse_quantity(want), parse_quantity(got)
+        if a is not None and a == b:
+            return []
+    return [f"{path}: expected {want!r}, got {got!r}"]
+
+
+def read(cluster: Cluster, manifest: Manifest) -> dict[str, Any]:
+    group_version, kind = manifest["apiVersion"], manifest["kind"]
+    ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    readers = {
+        "ConfigMap": lambda: cluster.core.read_namespaced_config_map(name, ns),
+        "Service": lambda: cluster.core.read_namespaced_service(name, ns),
+        "Deployment": lambda: cluster.apps.read_namespaced_deployment(name, ns),
+        "HorizontalPodAutoscaler": lambda: cluster.autoscaling.read_namespaced_horizontal_pod_autoscaler(name, ns),
+    }
+    if kind in readers:
+        return dict(cluster.api.sanitize_for_serialization(readers[kind]()))
+    group, version = group_version.split("/")
+    plural = kind.lower() + "s"
+    return dict(cluster.custom.get_namespaced_custom_object(group, version, ns, plural, name))
+
+
+def make_ready(cluster: Cluster, body: dict[str, Any], timeout: float = 20) -> dict[str, Any]:
+    """Play Strimzi and the kubelet until the Pipeline reports Ready. Looping matters:
+    the HPA controller scales the API up to its minReplicas a few seconds in, and the new
+    pod needs a (stand-in) kubelet too."""
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    topic_ns = (body["spec"].get("kafka") or {}).get("namespace") or namespace
+
+    def ready() -> dict[str, Any] | None:
+        cluster.act_as_strimzi(topic_ns, name)
+        cluster.act_as_kubelet(namespace, name)
+        found = cluster.condition(namespace, name, "Ready")
+        return found if found and found["status"] == "True" else None
+
+    return wait_for(ready, timeout, f"Pipeline {namespace}/{name} to become Ready", interval=0.5)
+
+
+@pytest.mark.parametrize(
+    ("path", "document"),
+    EXAMPLES,
+    ids=[f"{p.stem}-{d['metadata']['name']}" for p, d in EXAMPLES],
+)
+def test_example_pipeline_gets_every_child_then_becomes_ready(
+    path: Any,
+    document: dict[str, Any],
+    op_namespace: str,
+    cluster: Cluster,
+    operator_crds: KubeControlPlane,
+    record_property: Any,
+) -> None:
+    kafka_ns = f"{op_namespace}-kafka"
+    cluster.create_namespace(kafka_ns)
+    body = for_namespace(document, op_namespace, kafka_ns)
+    created, seconds = create_and_wait(cluster, body)
+    record_property("children_seconds", round(seconds, 3))
+    print(f"\n[operator] {path.name}: Pipeline applied -> all children exist in {seconds:.2f}s")
+    assert seconds < 5, f"children took {seconds:.1f}s"
+
+    # Exactly the rendered children, with the rendered content and owner references.
+    want = expected(body, uid=created["metadata"]["uid"])
+    assert live_children(cluster, body) == keys(want)
+    for manifest in want:
+        diff = contains(manifest, read(cluster, manifest))
+        assert not diff, f"{manifest['kind']} {manifest['metadata']['name']}: {diff[:5]}"
+
+    # Without pods and without Strimzi, Ready is False for a reason that says so.
+    name = body["metadata"]["name"]
+    workers = cluster.wait_condition(op_namespace, name, "WorkersReady", "False")
+    assert workers["reason"] == "WorkersPending"
+    if body["spec"].get("kafka", {}).get("cluster"):
+        topics = cluster.wait_condition(op_namespace, name, "TopicsReady", "False")
+        assert topics["reason"] == "TopicsPending" and "Strimzi" in topics["message"]
+    status = cluster.pipeline(op_namespace, name)["status"]
+    assert status["observedGeneration"] == created["metadata"]["generation"]
+    assert status["stepsReady"] == f"0/{len(body['spec'].get('steps', []))}"
+    degraded = cluster.condition(op_namespace, name, "Degraded")
+    assert degraded is not None and degraded["status"] == "False", degraded
+
+    # Once topics and pods report ready, so does the Pipeline.
+    ready = make_ready(cluster, body)
+    assert ready["reason"] == "AllReady"
+    status = cluster.pipeline(op_namespace, name)["status"]
+    steps = len(body["spec"].get("steps", []))
+    assert status["stepsReady"] == f"{steps}/{steps}"
+    if body["spec"].get("api", {}).get("enabled", True):
+        assert status["endpoint"] == f"http://{name}-api.{op_namespace}.svc:8000"
+
+    table = operator_crds.kubectl("get", "pipelines", "-n", op_namespace)
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "READY", "STEPS", "LAG", "AGE"]
+    assert re.match(rf"^{name}\s+True\s+{steps}/{steps}\s+", row), table
+    reasons = {e["reason"] for e in cluster.events(op_namespace, name)}
+    assert {"Applied", "Ready"} <= reasons, reasons
+
+
+def _spec(path: Any) -> dict[str, Any]:
+    (document,) = pipeline_documents(path)
+    return document
+
+
+def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Cluster) -> None:
+    body = for_namespace(_spec(SKETCH), op_namespace)
+    name = body["metadata"]["name"]
+    create_and_wait(cluster, body)
+    step = naming.step_deployment(name, "by-region")
+    before = cluster.deployment(op_namespace, step)
+    hash_before = before["spec"]["template"]["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION]
+    wait_for(
+        lambda: cluster.apps.list_namespaced_replica_set(op_namespace, label_selector=f"flowmill.dev/step=by-region").items,
+        10,
+        "the first ReplicaSet",
+    )
+
+    spec = copy.deepcopy(body["spec"])
+    spec["topics"][0]["partitions"] = 12  # trips: 6 -> 12
+    spec["steps"][0]["window"]["size"] = "2m"  # a window change
+    spec["steps"][0]["autoscaling"]["maxReplicas"] = 20  # capped at 12 partitions
+    added = copy.deepcopy(spec["steps"][0])
+    added.update(name="by-region-hourly", sink={"redis": {"table": "region_hourly"}})
+    added["window"]["size"] = "1h"
+    spec["steps"].append(added)  # a new step
+    cluster.patch_pipeline(op_namespace, name, spec)
+
+    hourly = naming.step_deployment(name, "by-region-hourly")
+    wait_for(lambda: cluster.deployment(op_namespace, hourly), 5, "the new step's Deployment")
+    wait_for(lambda: cluster.hpa(op_namespace, hourly), 5, "the new step's HPA")
+    topic = wait_for(
+        lambda: (t := cluster.topic(op_namespace, naming.kafka_topic_resource(name, "trips")))["spec"]["partitions"] == 12 and t,
+        5,
+        "the KafkaTopic to get 12 partitions",
+    )
+    assert topic["spec"]["topicName"] == "trips"
+    assert cluster.hpa(op_namespace, step)["spec"]["maxReplicas"] == 12
+
+    after = cluster.deployment(op_namespace, step)
+    hash_after = after["spec"]["template"]["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION]
+    assert hash_after != hash_before
+    config = cluster.core.read_namespaced_config_map(naming.config_map(name), op_namespace)
+    assert parse_pipeline(__import__("yaml").safe_load(config.data["pipeline.yaml"])).spec.steps[0].window.size == "2m"
+    # The Deployment controller rolls a new ReplicaSet for the new template.
+    wait_for(
+        lambda: len(
+            {
+                rs.metadata.labels["pod-template-hash"]
+                for rs in cluster.apps.list_namespaced_replica_set(
+                    op_namespace, label_selector="flowmill.dev/step=by-region"
+                ).items
+            }
+        )
+        == 2,
+        10,
+        "a second ReplicaSet for the changed pod template",
+    )
+
+    def reconciled() -> dict[str, Any] | None:
+        status = cluster.pipeline(op_namespace, name).get("status") or {}
+        return status if status.get("observedGeneration") == 2 and len(status.get("steps", [])) == 2 else None
+
+    status = wait_for(reconciled, 5, "status of generation 2")
+    by_step = {s["name"]: s for s in status["steps"]}
+    assert by_step["by-region"]["maxReplicas"] == 12
+    assert "capped at the 12 partitions" in by_step["by-region"]["message"]
+    assert status["stepsReady"] == "0/2"
+
+
+def test_removing_a_step_removes_its_deployment_and_hpa(op_namespace: str, cluster: Cluster) -> None:
+    body = for_namespace(_spec(SKETCH), op_namespace)
+    name = body["metadata"]["name"]
+    extra = copy.deepcopy(body["spec"]["steps"][0])
+    extra.update(name="second", sink={"redis": {"table": "second"}})
+    body["spec"]["steps"].append(extra)
+    create_and_wait(cluster, body)
+    second = naming.step_deployment(name, "second")
+    assert cluster.hpa(op_namespace, second)
+
+    spec = copy.deepcopy(body["spec"])
+    spec["steps"] = spec["steps"][:1]
+    spec["steps"][0]["autoscaling"]["kind"] = "keda"  # and swap one HPA for KEDA
+    cluster.patch_pipeline(op_namespace, name, spec)
+
+    want = keys(expected({**body, "spec": spec}))
+    wait_for(lambda: live_children(cluster, body) == want, 10, "pruned children")
+    assert ("Deployment", op_namespace, second) not in live_children(cluster, body)
+    first = naming.step_deployment(name, "by-region")
+    assert ("ScaledObject", op_namespace, first) in want
+    assert ("HorizontalPodAutoscaler", op_namespace, first) not in live_children(cluster, body)
+    pruned = [e for e in cluster.events(op_namespace, name) if e["reason"] == "Pruned"]
+    assert pruned and second in pruned[-1]["message"]
+
+
+def test_delete_collects_children_and_cross_namespace_topics(
+    op_namespace: str, cluster: Cluster
+) -> None:
+    kafka_ns = f"{op_namespace}-kafka"
+    cluster.create_namespace(kafka_ns)
+    body = for_namespace(_spec(FULL), op_namespace, kafka_ns)
+    name = body["metadata"]["name"]
+    create_and_wait(cluster, body)
+    assert cluster.children(kafka_ns, name), "topics live in the Kafka namespace"
+    assert naming.MANAGER  # owner references point at the Pipeline (checked above)
+
+    cluster.delete_pipeline(op_namespace, name)
+
+    def pipeline_gone() -> bool:
+        try:
+            cluster.pipeline(op_namespace, name)
+        except ApiException as err:
+            return err.status == 404
+        return False
+
+    wait_for(pipeline_gone, 10, "the finalizer to release the Pipeline")
+    # The finalizer deleted the topics elsewhere; the garbage collector the rest.
+    wait_for(lambda: not cluster.children(kafka_ns, name), 10, "cross-namespace KafkaTopics to go")
+    wait_for(lambda: not cluster.children(op_namespace, name), 20, "garbage collection of children")
+
+
+def test_drift_is_corrected_but_the_hpa_is_not_fought(
+    op_namespace: str, cluster: Cluster, operator_crds: KubeControlPlane
+) -> None:
+    body = for_namespace(_spec(SKETCH), op_namespace)
+    name = body["metadata"]["name"]
+    create_and_wait(cluster, body)
+    step = naming.step_deployment(name, "by-region")
+    source = naming.source_deployment(name, "replay")
+    ns = ["-n", op_namespace]
+
+    # A deleted child comes back (a new object, so a new uid).
+    uid = cluster.deployment(op_namespace, step)["metadata"]["uid"]
+    operator_crds.kubectl("delete", "deployment", step, *ns, "--wait=false")
+    wait_for(
+        lambda: cluster.deployment(op_namespace, step)["metadata"]["uid"] != uid,
+        10,
+        "the deleted Deployment to be recreated",
+    )
+    drift = [e for e in cluster.events(op_namespace, name) if e["reason"] == "DriftCorrected"]
+    assert drift and step in drift[-1]["message"]
+
+    # A hand edit of a field the operator owns is taken back.
+    operator_crds.kubectl("set", "image", f"deployment/{step}", "worker=evil:1", *ns)
+    wait_for(
+        lambda: cluster.deployment(op_namespace, step)["spec"]["template"]["spec"]["containers"][0]["image"] == TEST_IMAGE,
+        10,
+        "the image to be restored",
+    )
+
+    # Replicas of an autoscaled step belong to its HPA: a hand scale within the HPA's
+    # range stays. Replicas of a fixed-size source belong to the operator: restored.
+    operator_crds.kubectl("scale", f"deployment/{step}", "--replicas=3", *ns)
+    operator_crds.kubectl("scale", f"deployment/{source}", "--replicas=4", *ns)
+    wait_for(
+        lambda: cluster.deployment(op_namespace, source)["spec"]["replicas"] == 1,
+        10,
+        "the source's replicas to be restored",
+    )
+    # Another full reconcile after both scales: delete the ConfigMap and see it return.
+    operator_crds.kubectl("delete", "configmap", naming.config_map(name), *ns, "--wait=false")
+    wait_for(
+        lambda: cluster.core.read_namespaced_config_map(naming.config_map(name), op_namespace),
+        10,
+        "the ConfigMap to return",
+    )
+    assert cluster.deployment(op_namespace, step)["spec"]["replicas"] == 3
+    managers = {
+        f["manager"]
+        for f in cluster.deployment(op_namespace, step)["metadata"]["managedFields"]
+        if "f:replicas" in str(f.get("fieldsV1", {}).get("f:spec", {}))
+    }
+    assert naming.MANAGER not in managers, managers
+
+
+def test_invalid_spec_is_reported_on_its_field_with_no_children(
+    op_namespace: str, cluster: Cluster
+) -> None:
+    body = for_namespace(_spec(SKETCH), op_namespace)
+    name = body["metadata"]["name"]
+    # Aggregates are free-form in the CRD, so this passes the apiserver; the models catch it.
+    body["spec"]["steps"][0]["aggregate"]["trips"] = {"median": "fare"}
+    cluster.create_pipeline(body)
+    ready = cluster.wait_condition(op_namespace, name, "Ready", "False")
+    assert ready["reason"] == "InvalidSpec"
+    assert "spec.steps[0].aggregate.trips" in ready["message"]
+    degraded = cluster.condition(op_namespace, name, "Degraded")
+    assert degraded and degraded["status"] == "True"
+    time.sleep(1.5)  # a resync later, still nothing
+    assert not live_children(cluster, body)
+    warnings = [e for e in cluster.events(op_namespace, name) if e["type"] == "Warning"]
+    assert any("spec.steps[0].aggregate.trips" in e["message"] for e in warnings)
+
+    spec = copy.deepcopy(body["spec"])
+    spec["steps"][0]["aggregate"]["trips"] = "count"
+    cluster.patch_pipeline(op_namespace, name, spec)
+    wait_for(lambda: keys(expected(body | {"spec": spec})) <= live_children(cluster, body), 10, "children once fixed")
+    cluster.wait_condition(op_namespace, name, "Degraded", "False")
+
+
+def test_operator_restarted_mid_reconcile_converges_without_duplicates(
+    operator_crds: KubeControlPlane, cluster: Cluster
+) -> None:
+    import asyncio
+    import secrets
+    import threading
+
+    from tests.operator.fixtures import delete_pipelines, operator_settings
+
+    namespace = f"fmrs-{secrets.token_hex(4)}"
+    kafka_ns = f"{namespace}-kafka"
+    cluster.create_namespace(namespace)
+    cluster.create_namespace(kafka_ns)
+    body = for_namespace(_spec(FULL), namespace, kafka_ns)
+    want = keys(expected(body))
+    applied: list[str] = []
+    stuck = threading.Event()
+
+    async def hang_after_four(manifest: Manifest) -> None:
+        applied.append(manifest["metadata"]["name"])
+        if len(applied) >= 4:
+            stuck.set()
+            await asyncio.Event().wait()  # "killed" here, children half applied
+
+    assert operator_crds.kubeconfig is not None
+    settings = operator_settings(operator_crds.kubeconfig, (namespace, kafka_ns))
+    first = OperatorThread(settings, after_apply=hang_after_four).start()
+    try:
+        cluster.create_pipeline(body)
+        assert stuck.wait(10), "the first operator never got mid-way"
+    finally:
+        first.stop()
+    partial = live_children(cluster, body)
+    assert 4 <= len(partial) < len(want), f"{len(partial)} of {len(want)} children before restart"
+
+    second = OperatorThread(settings).start()
+    try:
+        wait_for(lambda: live_children(cluster, body) == want, 10, "convergence after restart")
+        pipeline = cluster.pipeline(namespace, body["metadata"]["name"])
+        assert pipeline["metadata"]["finalizers"] == ["flowmill.dev/finalizer"]
+        for kind, ns, child in want:
+            if kind == "Deployment":
+                owners = cluster.deployment(ns, child)["metadata"]["ownerReferences"]
+                assert len(owners) == 1 and owners[0]["uid"] == pipeline["metadata"]["uid"]
+        cluster.wait_condition(namespace, body["metadata"]["name"], "WorkersReady", "False")
+        delete_pipelines(cluster, namespace)
+    finally:
+        second.stop()
