@@ -12,18 +12,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.redis import EmbeddedRedis
 from flowmill.manifest import parse_pipeline
-from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 
 PARTITIONS = 1  # one worker process reads every partition anyway; one keeps it comparable
 
@@ -135,6 +139,31 @@ async def flowmill_step(bootstrap: str, redis_url: str, topic: str, n: int) -> f
     return n / elapsed
 
 
+def faust_agent(bootstrap: str, topic: str, n: int, take: int) -> float:
+    """benchmarks/faust_baseline.py in a subprocess (Faust runs its own event loop)."""
+    env = dict(
+        os.environ,
+        FAUST_BROKER=f"kafka://{bootstrap}",
+        FAUST_TOPIC=topic,
+        FAUST_EVENTS=str(n),
+        FAUST_TAKE=str(take),
+    )
+    script = Path(__file__).with_name("faust_baseline.py")
+    out = subprocess.run(
+        [sys.executable, str(script), "worker", "-l", "warn"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    for line in (out.stdout + out.stderr).splitlines():
+        if "FAUST_RESULT" in line:
+            # Faust routes stdout through its logger, so the figure sits mid-line.
+            return float(line.split("FAUST_RESULT", 1)[1].split()[0])
+    raise RuntimeError(f"faust baseline failed: {out.stderr[-2000:]}")
+
+
 async def main(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         bootstrap = args.bootstrap_servers
@@ -150,27 +179,48 @@ async def main(args: argparse.Namespace) -> None:
         if kafka is not None:
             kafka.create_topics([(topic, PARTITIONS)])
         produced = await fill(bootstrap, topic, args.events, args.keys)
-        rows: dict[str, list[float]] = {"raw aiokafka": [], "raw aiokafka + json": [], "flowmill window step": []}
+        rows: dict[str, list[float]] = {
+            "raw aiokafka": [],
+            "raw aiokafka + json": [],
+            "flowmill window step": [],
+        }
+        if args.faust:
+            rows["faust agent"] = []
+            rows["faust agent, take(1000)"] = []
         for _ in range(args.runs):
+            if args.faust:
+                rows["faust agent"].append(faust_agent(bootstrap, topic, args.events, 0))
+                rows["faust agent, take(1000)"].append(
+                    faust_agent(bootstrap, topic, args.events, 1000)
+                )
             rows["raw aiokafka"].append(await raw_consumer(bootstrap, topic, args.events, False))
-            rows["raw aiokafka + json"].append(await raw_consumer(bootstrap, topic, args.events, True))
-            rows["flowmill window step"].append(await flowmill_step(bootstrap, redis_url, topic, args.events))
+            rows["raw aiokafka + json"].append(
+                await raw_consumer(bootstrap, topic, args.events, True)
+            )
+            rows["flowmill window step"].append(
+                await flowmill_step(bootstrap, redis_url, topic, args.events)
+            )
         raw = statistics.median(rows["raw aiokafka"])
-        print(f"\n{args.events:,} events, {args.keys} keys, 1-minute tumbling windows "
-              f"(count, sum, avg, max), Redis sink; produced at {produced:,.0f} ev/s\n")
-        print(f"| {'consumer':<22} | {'events/s (median)':>18} | {'runs':<28} | {'vs raw':>6} |")
-        print(f"|{'-' * 24}|{'-' * 20}|{'-' * 30}|{'-' * 8}|")
+        print(
+            f"\n{args.events:,} events, {args.keys} keys, 1-minute tumbling windows "
+            f"(count, sum, avg, max), Redis sink; produced at {produced:,.0f} ev/s\n"
+        )
+        print(f"| {'consumer':<24} | {'events/s (median)':>18} | {'runs':<28} | {'vs raw':>6} |")
+        print(f"|{'-' * 26}|{'-' * 20}|{'-' * 30}|{'-' * 8}|")
         for label, values in rows.items():
             median = statistics.median(values)
             runs = ", ".join(f"{v:,.0f}" for v in values)
-            print(f"| {label:<22} | {median:>18,.0f} | {runs:<28} | {median / raw:>6.0%} |")
+            print(f"| {label:<24} | {median:>18,.0f} | {runs:<28} | {median / raw:>6.0%} |")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=400_000)
     parser.add_argument("--keys", type=int, default=200)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--bootstrap-servers")
     parser.add_argument("--redis-url")
+    parser.add_argument("--faust", action="store_true", help="also run a Faust agent (slow)")
     asyncio.run(main(parser.parse_args()))

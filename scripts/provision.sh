@@ -81,6 +81,15 @@ provision_promtool() {
   (service prometheus stop || true) >/dev/null 2>&1
 }
 
+provision_chromium() {
+  # The dashboard test drives a real headless browser; Debian ships one (no download).
+  if command -v chromium >/dev/null 2>&1; then
+    say "chromium: present"
+    return
+  fi
+  apt_install chromium fonts-dejavu-core
+}
+
 go_build() {  # go_build NAME STAMP MODULE_DIR PACKAGE LDFLAGS
   local name=$1 stamp=$2 dir=$3 pkg=$4 ldflags=$5
   if have_stamp "$name" "$stamp" && [ -x "$BIN/$name" ]; then
@@ -137,6 +146,7 @@ case "$only" in
   kube) provision_etcd; provision_kube ;;
   helm) provision_helm ;;
   promtool) provision_promtool ;;
-  *) provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_etcd; provision_kube; provision_helm ;;
+  chromium) provision_chromium ;;
+  *) provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_chromium; provision_etcd; provision_kube; provision_helm ;;
 esac
 say "done (cache: $CACHE)"
