@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import defaultdict
@@ -166,3 +167,44 @@ async def test_hopping_windows(
             expected[(e["region_id"], start)]["trips"] += 1
             expected[(e["region_id"], start)]["revenue"] += e["fare"]
     assert_same(read_windows(redis_client, name, "hops"), dict(expected))
+
+
+async def test_late_events_are_counted_and_dead_lettered(
+    kafka_broker: EmbeddedKafka, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """allowedLateness 30s on 1-minute windows: an event for a window that ended more than
+    30 s before the newest event seen is late; one within the 30 s still counts."""
+    from tests.workers.harness import consume_all, counter_value
+
+    name = unique("late")
+    dlq = f"{name}-dlq"
+    spec = window_spec("late", name)
+    spec["window"]["allowedLateness"] = "30s"
+    spec["deadLetter"] = dlq
+    spec["aggregate"] = {"trips": "count"}
+    p = pipeline(name, [{"name": name}, {"name": dlq}], [spec])
+    create_topics(kafka_broker, p)
+
+    def at(ms: int, trip: str) -> dict[str, Any]:
+        iso = datetime.fromtimestamp((BASE_MS + ms) / 1000, tz=UTC).isoformat()
+        return {"trip_id": trip, "region_id": "north", "fare": 1.0, "event_time": iso}
+
+    events = [
+        at(10_000, "a"),  # window 0
+        at(70_000, "b"),  # window 1; watermark 70 s
+        at(50_000, "c"),  # window 0 ended at 60 s, 60 + 30 > 70: still on time
+        at(100_000, "d"),  # watermark 100 s
+        at(20_000, "e"),  # window 0: 60 + 30 <= 100: late
+        at(95_000, "f"),  # window 1: fine
+    ]
+    await produce(kafka_broker.bootstrap_servers, name, events, key_field="trip_id")
+    runner = await run_step(p, "by-region", kafka_broker.bootstrap_servers, redis_server.url, 6)
+    windows = read_windows(redis_client, name, "late")
+    assert windows == {
+        ("north", BASE_MS): {"trips": 2.0},
+        ("north", BASE_MS + 60_000): {"trips": 3.0},
+    }
+    dead = await consume_all(kafka_broker.bootstrap_servers, dlq, 1)
+    assert [json.loads(r.value)["trip_id"] for r in dead] == ["e"]
+    assert "late event" in dict(dead[0].headers)["flowmill-reason"].decode()
+    assert counter_value(runner, "events_late") == 1
