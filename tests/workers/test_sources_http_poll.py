@@ -3,20 +3,25 @@ a ttl longer than the interval, and a restart that must not re-emit the last sna
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
+from flowmill_workers.runtime.metrics import WorkerMetrics
+from flowmill_workers.sources.base import Chunk, SourceContext
+from flowmill_workers.sources.http_poll import HttpPoll
 
 from flowmill.local.kafka import EmbeddedKafka
+from flowmill.local.ports import free_ports
+from flowmill.spec import SourceSpec
 from tests.workers.test_sources_support import consume, running, source_pipeline, unique
-
-pytestmark = pytest.mark.kafka
 
 LAST_MODIFIED = "Wed, 21 Oct 2025 07:28:00 GMT"
 
@@ -27,6 +32,7 @@ class Reply:
     document: Any = None
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
 
 
 @dataclass
@@ -39,6 +45,8 @@ class Feed:
     async def handle(self, request: web.Request) -> web.Response:
         self.requests.append((time.monotonic(), dict(request.headers)))
         reply = self.script.pop(0) if self.script else Reply(304)
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
         body = reply.body
         if body is None and reply.document is not None:
             body = orjson.dumps(reply.document)
@@ -83,6 +91,7 @@ def stamped(stations: list[dict[str, Any]], last_updated: int) -> list[dict[str,
     return [{"last_updated": last_updated, **s} for s in stations]
 
 
+@pytest.mark.kafka
 async def test_gbfs_feed_lands_each_new_snapshot_once(kafka_broker: EmbeddedKafka) -> None:
     async with serving() as (the_feed, url):
         await check_gbfs_feed(kafka_broker, the_feed, url)
@@ -165,3 +174,69 @@ async def check_gbfs_feed(kafka_broker: EmbeddedKafka, the_feed: Feed, url: str)
 
     records = await consume(kafka_broker.bootstrap_servers, topic, len(expected) + 1)
     assert [r.event for r in records] == [*expected, *stamped(snap_d, 1030)]
+
+
+# -- failures, without Kafka: the source's chunks are read directly ---------------------
+
+
+def poller(url: str, interval: str, timeout: str = "2s", max_backoff: float = 300.0) -> HttpPoll:
+    spec = SourceSpec.model_validate(
+        {
+            "name": "feed",
+            "to": "t",
+            "httpPoll": {"url": url, "interval": interval, "timeout": timeout},
+        }
+    )
+    return HttpPoll(
+        SourceContext("p", spec, WorkerMetrics("p", "feed"), "unused:9092"), max_backoff
+    )
+
+
+async def first_chunk(poll: HttpPoll) -> Chunk:
+    chunks = poll.chunks()
+    assert isinstance(chunks, AsyncGenerator)
+    try:
+        return await asyncio.wait_for(anext(chunks), 10)
+    finally:
+        await chunks.aclose()
+
+
+def errors(poll: HttpPoll) -> float:
+    registry = poll.ctx.metrics.registry
+    labels = {"pipeline": "p", "step": "feed"}
+    polls = registry.get_sample_value("flowmill_source_polls_total", {**labels, "result": "error"})
+    assert registry.get_sample_value("flowmill_events_failed_total", labels) == polls
+    return polls or 0.0
+
+
+async def test_errors_back_off_exponentially_up_to_the_cap() -> None:
+    async with serving() as (the_feed, url):
+        the_feed.script = [Reply(503, body=b"busy") for _ in range(6)]
+        the_feed.script.append(Reply(document={"ok": True}))
+        poll = poller(url, "50ms", max_backoff=0.4)
+        chunk = await first_chunk(poll)
+    assert [orjson.loads(v or b"") for _, v, _ in chunk.records] == [{"ok": True}]
+    assert errors(poll) == 6
+    times = [t for t, _ in the_feed.requests]
+    gaps = [b - a for a, b in pairwise(times)]
+    # Failure n waits between half and all of min(cap, interval * 2^(n-1)): lower bounds
+    # only (a loaded machine is late, never early), the cap with generous slack.
+    ceilings = [min(0.4, 0.05 * 2**n) for n in range(6)]
+    assert all(gap >= c / 2 * 0.9 for gap, c in zip(gaps, ceilings, strict=True))
+    assert sum(gaps) >= sum(c / 2 for c in ceilings)
+    assert max(gaps) < 0.4 + 1.0
+
+
+async def test_timeouts_and_refused_connections_are_retried() -> None:
+    async with serving() as (the_feed, url):
+        the_feed.script = [Reply(delay=1.0, document={"late": True}), Reply(document={"n": 1})]
+        poll = poller(url, "50ms", timeout="200ms")
+        chunk = await first_chunk(poll)
+    assert [orjson.loads(v or b"") for _, v, _ in chunk.records] == [{"n": 1}]
+    assert errors(poll) == 1
+
+    refused = poller(f"http://127.0.0.1:{free_ports(1)[0]}/", "20ms", max_backoff=0.05)
+    chunks = refused.chunks()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(chunks), 0.5)
+    assert errors(refused) >= 3

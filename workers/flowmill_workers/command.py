@@ -34,11 +34,12 @@ def run(args: argparse.Namespace) -> int:
     )
     from flowmill.connections import ConnectionMissing
     from flowmill.manifest import PipelineInvalid, load_pipeline
+    from flowmill_workers.sources.resume import OutputTopicMissing
 
     try:
         pipeline = load_pipeline(args.pipeline)
         return asyncio.run(_run(args, pipeline))
-    except (PipelineInvalid, ConnectionMissing, KeyError) as err:
+    except (PipelineInvalid, ConnectionMissing, KeyError, OutputTopicMissing) as err:
         print(f"flowmill worker: {err}", file=sys.stderr)
         return 1
 

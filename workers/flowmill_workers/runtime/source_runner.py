@@ -31,6 +31,7 @@ from flowmill.spec import Pipeline, SourceSpec
 from flowmill_workers.runtime.http import WorkerHttp
 from flowmill_workers.runtime.metrics import WorkerMetrics
 from flowmill_workers.sources import Chunk, Source, SourceContext, build_source
+from flowmill_workers.sources.base import OutRecord
 from flowmill_workers.sources.resume import (
     POSITION_HEADER,
     SOURCE_HEADER,
@@ -227,19 +228,21 @@ class SourceRunner:
         started = time.perf_counter()
         topic, seq = self.spec.to, self.seq
         keep_position = self.source.position_in_output
+        plain = [(SOURCE_HEADER, self.sid)]
         await producer.begin_transaction()
         try:
-            batches = _PartitionBatches(producer, topic, self.partitions)
+            batches = _PartitionBatches(producer, topic, self.partitions, plain)
             for chunk in chunks:
-                if not chunk.records:
-                    continue
                 seq += len(chunk.records)
-                headers = [(SOURCE_HEADER, self.sid)]
-                if keep_position:
-                    headers.append((POSITION_HEADER, position_header(seq, chunk.position)))
                 for key, value, timestamp_ms in chunk.records:
-                    await batches.append(key, value, timestamp_ms, headers)
-            await batches.flush()
+                    await batches.append(key, value, timestamp_ms)
+            # The transaction's last record in each partition carries where the source
+            # stands after the whole transaction (record-less chunks, such as skipped bad
+            # lines, included); sources.resume reads it back.
+            final = plain
+            if keep_position:
+                final = [*plain, (POSITION_HEADER, position_header(seq, chunks[-1].position))]
+            await batches.flush(final)
             await self.source.before_commit(producer, chunks[-1].position)
             await producer.commit_transaction()
         except Exception:
@@ -260,24 +263,51 @@ class _PartitionBatches:
     chosen by the producer's own default partitioner (Java-compatible murmur2 of the key),
     so a key lands where any other Kafka client would put it; batches of one partition are
     queued in order, so the topic keeps the source's order per partition.
+
+    The last record of each partition is held back until flush(), which appends it with
+    the final headers: one position per partition and transaction, not per record.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        partitions: list[int],
+        headers: list[tuple[str, bytes]],
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.partitions = partitions
+        self.headers = headers
         self.partitioner = DefaultPartitioner()
         self.open: dict[int, BatchBuilder] = {}
+        self.held: dict[int, OutRecord] = {}
         self.sent: list[asyncio.Future[object]] = []
 
     async def append(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp_ms: int | None,
-        headers: list[tuple[str, bytes]],
+        self, key: bytes | None, value: bytes | None, timestamp_ms: int | None
     ) -> None:
         partition = self.partitioner(key, self.partitions, self.partitions)
+        previous = self.held.get(partition)
+        self.held[partition] = (key, value, timestamp_ms)
+        if previous is not None:
+            await self._add(partition, previous, self.headers)
+
+    async def flush(self, final_headers: list[tuple[str, bytes]]) -> None:
+        """Append the held records with `final_headers`, send every batch and wait until
+        all are acknowledged."""
+        for partition, record in self.held.items():
+            await self._add(partition, record, final_headers)
+        self.held.clear()
+        for partition, batch in self.open.items():
+            await self._send(partition, batch)
+        self.open.clear()
+        await asyncio.gather(*self.sent)
+
+    async def _add(
+        self, partition: int, record: OutRecord, headers: list[tuple[str, bytes]]
+    ) -> None:
+        key, value, timestamp_ms = record
         batch = self.open.get(partition)
         if batch is None:
             batch = self.open[partition] = self.producer.create_batch()
@@ -288,13 +318,6 @@ class _PartitionBatches:
             batch = self.open[partition] = self.producer.create_batch()
         # An empty batch always takes one record, however large.
         batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
-
-    async def flush(self) -> None:
-        """Send the partly filled batches and wait until every batch is acknowledged."""
-        for partition, batch in self.open.items():
-            await self._send(partition, batch)
-        self.open.clear()
-        await asyncio.gather(*self.sent)
 
     async def _send(self, partition: int, batch: BatchBuilder) -> None:
         batch.close()

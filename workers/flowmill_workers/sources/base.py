@@ -2,9 +2,10 @@
 encoding of events into Kafka records, and rate pacing.
 
 A source yields *chunks*: the records it has ready now plus its *position* after them
-(the small JSON state it needs to continue exactly there). The runner writes a chunk's
-records in a Kafka transaction and stores the position in a header of each record, so the
-output topic itself remembers how far a source got (see sources.resume).
+(the small JSON state it needs to continue exactly there). The runner writes chunks in
+Kafka transactions and stores the position with the records (a header on the last
+record of each partition), so the output topic itself remembers how far a source got
+(see sources.resume).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flowmill_workers.events import BadEvent, Event, encode, key_of
+from flowmill_workers.events import MAX_EVENT_BYTES, BadEvent, Event, encode, key_of
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -66,7 +67,7 @@ class Source(ABC):
     def __init__(self, ctx: SourceContext) -> None:
         self.ctx = ctx
         self.name = ctx.spec.name
-        self.encoder = EventEncoder(ctx.spec.key)
+        self.encoder = EventEncoder(ctx.spec.key, self.failed)
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect to whatever the source reads (called before restore)."""
@@ -98,15 +99,23 @@ class Source(ABC):
 class EventEncoder:
     """Turns events into Kafka records: JSON value, key from the source's `key` field."""
 
-    def __init__(self, key_field: str | None) -> None:
+    def __init__(self, key_field: str | None, on_dropped: Callable[[int], None]) -> None:
         self.key_field = key_field
+        self.on_dropped = on_dropped
         self._warned = False
 
-    def record(self, event: Event, timestamp_ms: int | None = None) -> OutRecord:
-        return self.key(event), encode(event), timestamp_ms
-
     def records(self, events: Iterable[Event]) -> list[OutRecord]:
-        return [self.record(event) for event in events]
+        pairs = [(event, encode(event)) for event in events]
+        if any(len(value) > MAX_EVENT_BYTES for _, value in pairs):
+            # The broker would refuse the record and fail the whole transaction on every
+            # restart; one absurd line must not stop a replay for good.
+            kept = [(e, v) for e, v in pairs if len(v) <= MAX_EVENT_BYTES]
+            self.on_dropped(len(pairs) - len(kept))
+            log.warning(
+                "dropped %d event(s) over %d bytes", len(pairs) - len(kept), MAX_EVENT_BYTES
+            )
+            pairs = kept
+        return [(self.key(event), value, None) for event, value in pairs]
 
     def key(self, event: Event) -> bytes | None:
         if self.key_field is None:

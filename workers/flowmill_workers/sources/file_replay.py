@@ -1,6 +1,12 @@
 """fileReplay: replay a CSV or JSON Lines file at a fixed rate, at its original pace, or as
 fast as Kafka takes it; resumable after a crash.
 
+Pacing: `rate` set means that many events per second (a token bucket, released in ticks
+of a few milliseconds, so 50k/s works); otherwise `timeField` replays the original gaps
+divided by `speed` (the first event, and the first after a restart or a new loop pass,
+goes at once; an event without a usable time, or earlier than its predecessor, goes at
+once too); with neither, as fast as Kafka acknowledges.
+
 Position: `{"pass": p, "line": n}`, where `n` counts the file's *records* already consumed
 in pass `p` (CSV: data rows after the header, however many physical lines a quoted field
 spans; JSONL: lines, blank ones included). A restart re-reads the file and skips `n`
@@ -16,6 +22,10 @@ CSV values are typed by one rule, so that aggregates work on numbers:
   surrounding spaces, `1_000`, `nan`/`inf`, `true`/`false` and longer digit strings (card
   numbers and other identifiers), so no identifier is ever mangled.
 JSON Lines values keep their JSON types.
+
+A bad record (a CSV row with more or fewer fields than the header, a JSONL line that is
+not a JSON object) is logged, counted in flowmill_events_failed and skipped; it still
+counts in the position, so once a later event is written a restart skips it silently.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """Where a source stopped, read back from its own output topic.
 
 Why the output topic: it is the one place that is durable exactly when the events are.
-Every record a source writes carries two headers: `flowmill-source` (pipeline.source, so
-several sources may share a topic) and `flowmill-position` (JSON: `seq`, the number of
-records this source has written so far, and `pos`, the source's own state after them).
-Records are written in Kafka transactions, one or more chunks per transaction, and the
-next transaction starts only once the previous one committed; so the committed records
-always form a prefix of what the source produced, and the record with the highest `seq`
-tells where that prefix ends. A restarted source first fences its predecessor (same
+Every record a source writes carries a `flowmill-source` header (pipeline.source, so
+several sources may share a topic). Records are written in Kafka transactions, and the
+next transaction starts only once the previous one committed, so the committed records
+always form a prefix of what the source produced. The last record of each partition in a
+transaction also carries `flowmill-position` (JSON: `seq`, the number of records the
+source has written once the transaction commits, and `pos`, the source's own state
+then); the position with the highest `seq` found in any partition tells where the
+committed prefix ends. A restarted source first fences its predecessor (same
 transactional id, which aborts the predecessor's open transaction), then reads the last
 committed records of each partition with read_committed and continues after the highest
 `seq`: no event is written twice and none is skipped, whatever instant the old process
