@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -130,7 +132,6 @@ class StepRunner:
         self.expected: dict[TopicPartition, int | None] = {}
         self.watermarks: dict[TopicPartition, int | None] = {}
         self.assigned_once = False
-        self._stopping = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -169,16 +170,12 @@ class StepRunner:
         self.consumer.subscribe(topics=self.step.input_topics(), listener=_Rebalance(self))
 
     def _transactional_id(self) -> str:
-        import os
-        import socket
-
         # Stable per pod (the hostname) so a restarted worker fences its predecessor's
         # open transaction instead of waiting for it to time out.
         return f"{self.group}.{os.environ.get('HOSTNAME', socket.gethostname())}"
 
     async def stop(self) -> None:
         """Leave the group and close connections (the current batch is already done)."""
-        self._stopping.set()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
