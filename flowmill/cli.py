@@ -44,17 +44,6 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(name: str, issue: int) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        print(
-            f"flowmill {name}: not built yet (tracked in issue #{issue}); nothing was run.",
-            file=sys.stderr,
-        )
-        return 2
-
-    return handler
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, separate from main() so tests and docs can inspect it."""
     parser = argparse.ArgumentParser(

@@ -229,9 +229,3 @@ def test_validate_command(tmp_path: Path) -> None:
     result = _flowmill("validate", str(bad))
     assert result.returncode == 1
     assert "spec.steps[0].window.size" in result.stderr
-
-
-def test_unbuilt_commands_say_so_and_fail() -> None:
-    result = _flowmill("operator")
-    assert result.returncode != 0
-    assert "not built yet" in result.stderr

@@ -51,6 +51,9 @@ def run_command(args: argparse.Namespace) -> int:
     from flowmill.manifest import PipelineInvalid
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The admin client that creates topics logs every refused connection; a failure is
+    # reported once, by the run, with what to do.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     console = Console()
     err = Console(stderr=True)
     signals = _Signals()
@@ -66,7 +69,7 @@ def run_command(args: argparse.Namespace) -> int:
             notify=lambda message: console.print(f"[bold]flowmill run:[/bold] {message}"),
         )
     except (PipelineInvalid, OSError) as error:
-        err.print(f"flowmill run: {error}", markup=False, highlight=False)
+        err.print(f"flowmill run: {error}", markup=False, highlight=False, soft_wrap=True)
         return 1
     signals.run = run
     try:
@@ -75,7 +78,9 @@ def run_command(args: argparse.Namespace) -> int:
         err.print("flowmill run: interrupted while starting; stopped")
         return 130
     except (ComponentMissing, RuntimeError, TimeoutError, OSError) as error:
-        err.print(f"flowmill run: could not start: {error}", markup=False, highlight=False)
+        err.print(
+            f"flowmill run: could not start: {error}", markup=False, highlight=False, soft_wrap=True
+        )
         return 1
     signals.started = True
     try:

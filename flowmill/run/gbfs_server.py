@@ -5,8 +5,10 @@ A feed folder holds `feed.json`: the system, its regions and stations (what
 `station_information.json` and `system_regions.json` serve), and how station_status
 changes: a new snapshot every `period` seconds, `snapshots` of them (0: forever, the
 last one is then served unchanged), drawn from `seed`. Snapshot k of a station is a
-pure function of (seed, station, k), so a feed started twice serves the same data;
-snapshot k's `last_updated` is the server's start time plus k * period.
+pure function of (seed, station, k), so a feed started twice serves the same data.
+The clock starts at the first request: snapshot k's `last_updated` is that moment plus
+k * period, so a poller that starts late (workers take seconds to start) still sees the
+whole timeline from its first snapshot on.
 
 Any path ending in one of the GBFS file names is served, so a manifest can keep the real
 feed's path (`/gbfs/en/station_status.json`) and change only the host.
@@ -65,6 +67,11 @@ class StatusTimeline:
         self.config = config
         self.started = started
         self._states: list[dict[str, dict[str, int]]] = []
+
+    @property
+    def final_index(self) -> int | None:
+        """The last snapshot's index, or None for a feed that changes forever."""
+        return self.config.snapshots - 1 if self.config.snapshots > 0 else None
 
     def index_at(self, now: float) -> int:
         k = max(0, math.floor((now - self.started) / self.config.period))
@@ -135,27 +142,44 @@ class GbfsFeed:
 
     def __init__(self, folder: Path, started: int | None = None) -> None:
         self.config = FeedConfig.load(folder)
-        self.started = int(time.time()) if started is None else started
-        self.timeline = StatusTimeline(self.config, self.started)
+        self._timeline = StatusTimeline(self.config, started) if started is not None else None
+        self._lock = threading.Lock()
+
+    @property
+    def timeline(self) -> StatusTimeline | None:
+        """None until the first request starts the clock."""
+        return self._timeline
+
+    def _clock(self, now: float) -> StatusTimeline:
+        with self._lock:
+            if self._timeline is None:
+                self._timeline = StatusTimeline(self.config, int(now))
+            return self._timeline
+
+    @property
+    def started(self) -> int | None:
+        return self._timeline.started if self._timeline else None
 
     def document(self, feed: str, base_url: str, now: float | None = None) -> dict[str, Any]:
         """The document `feed` (one of FEEDS) as served at `now`."""
         now = time.time() if now is None else now
-        k = self.timeline.index_at(now)
+        timeline = self._clock(now)
+        started = timeline.started
+        k = timeline.index_at(now)
         ttl = self.config.period
         if feed == "station_status":
-            return self._doc(
-                self.timeline.last_updated(k), ttl, {"stations": self.timeline.snapshot(k)}
-            )
+            with self._lock:  # snapshots are computed once and memoised
+                stations = timeline.snapshot(k)
+            return self._doc(timeline.last_updated(k), ttl, {"stations": stations})
         if feed == "station_information":
-            return self._doc(self.started, ttl, {"stations": self.config.stations})
+            return self._doc(started, ttl, {"stations": self.config.stations})
         if feed == "system_regions":
-            return self._doc(self.started, ttl, {"regions": self.config.regions})
+            return self._doc(started, ttl, {"regions": self.config.regions})
         if feed == "system_information":
-            return self._doc(self.started, ttl, self.config.system)
+            return self._doc(started, ttl, self.config.system)
         if feed == "gbfs":
             feeds = [{"name": f, "url": f"{base_url}/{f}.json"} for f in FEEDS if f != "gbfs"]
-            return self._doc(self.started, ttl, {"en": {"feeds": feeds}})
+            return self._doc(started, ttl, {"en": {"feeds": feeds}})
         raise KeyError(feed)
 
     @staticmethod

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +27,11 @@ from flowmill.connections import ENV_BOOTSTRAP, ENV_REDIS_URL
 from flowmill.local.ports import LOOPBACK, free_port, free_ports, port_open, tail
 from flowmill.manifest import load_pipeline
 from flowmill.run.gbfs_server import GbfsServer
-from flowmill.run.plan import ChildSpec, Connections, children_of
-from flowmill.run.stats import Rates, Sample, Scraper
-from flowmill.run.status_table import RowStatus, RunStatus
-from flowmill.run.supervisor import Child, Supervisor
-from flowmill.run.topics import ensure_topics, topics_of
+from flowmill.run.monitor import Monitor
+from flowmill.run.plan import Connections, children_of
+from flowmill.run.status_table import RunStatus
+from flowmill.run.supervisor import Supervisor
+from flowmill.run.topics import TopicMismatch, ensure_topics, topics_of
 
 if TYPE_CHECKING:
     from flowmill.local.kafka import EmbeddedKafka
@@ -46,8 +45,6 @@ serves as a GBFS feed at the host and port of the manifest's loopback httpPoll U
 DASHBOARD_PATH = "/dashboard"
 DOCS_PATH = "/docs"
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost")
-_MONITOR_TICK = 0.25
-_SCRAPE_EVERY = 1.0
 
 
 class RunFailed(RuntimeError):
@@ -90,13 +87,7 @@ class LocalRun:
         self._redis: EmbeddedRedis | None = None
         self.gbfs: GbfsServer | None = None
         self.supervisor: Supervisor | None = None
-        self._rates: dict[str, Rates] = {}
-        self._rate_now: dict[str, tuple[float, float]] = {}
-        self._samples: dict[str, Sample] = {}
-        self._status: RunStatus | None = None
-        self._status_lock = threading.Lock()
-        self._stop_monitor = threading.Event()
-        self._monitor: threading.Thread | None = None
+        self.monitor: Monitor | None = None
         self._stopped = False
         self.conn: Connections | None = None
 
@@ -117,15 +108,17 @@ class LocalRun:
     def start(self) -> Self:
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._claim_api_port()  # before the broker: a busy port should fail in a second
             self.conn = Connections(self._start_kafka(), self._start_redis())
-            ensure_topics(self.conn.bootstrap_servers, topics_of(self.pipeline))
+            self._create_topics(self.conn.bootstrap_servers)
             self._start_gbfs()
             self._start_children(self.conn)
+            assert self.supervisor is not None
+            self.monitor = Monitor(self.supervisor, self._header)
+            self.monitor.start()
         except BaseException:
             self.stop()
             raise
-        self._monitor = threading.Thread(target=self._watch, name="flowmill-run", daemon=True)
-        self._monitor.start()
         return self
 
     def stop(self) -> None:
@@ -134,9 +127,8 @@ class LocalRun:
         if self._stopped:
             return
         self._stopped = True
-        self._stop_monitor.set()
-        if self._monitor is not None:
-            self._monitor.join(10)
+        if self.monitor is not None:
+            self.monitor.stop()
         if self.supervisor is not None:
             self.supervisor.stop_all(self.stop_grace)
         if self.gbfs is not None:
@@ -172,10 +164,7 @@ class LocalRun:
 
     def status(self) -> RunStatus:
         """The newest snapshot of the status table (refreshed every second)."""
-        with self._status_lock:
-            if self._status is not None:
-                return self._status
-        return self._build_status()
+        return self.monitor.status() if self.monitor is not None else self._header()
 
     def child_pids(self) -> list[int]:
         """pids of the running children (not the Kafka and Redis servers)."""
@@ -192,7 +181,7 @@ class LocalRun:
                 waiting = [r for r in status.rows if r.state not in ("ready", "done")]
                 details = "\n".join(
                     f"  {r.label}: {r.state} {r.detail}\n    "
-                    + tail(self.log_dir / _log_name(r), 5).replace("\n", "\n    ")
+                    + tail(Path(r.log_path), 5).replace("\n", "\n    ")
                     for r in waiting
                 )
                 raise TimeoutError(f"not ready after {timeout:.0f}s:\n{details}")
@@ -216,6 +205,7 @@ class LocalRun:
 
     def _start_redis(self) -> str:
         if self._given_redis:
+            _check_redis(self._given_redis)
             return self._given_redis
         from flowmill.local.redis import EmbeddedRedis
 
@@ -250,15 +240,30 @@ class LocalRun:
         self.gbfs = GbfsServer(folder, LOOPBACK, port)
         self.gbfs.start()
 
+    def _claim_api_port(self) -> None:
+        if not self.with_api:
+            return
+        if self.api_port == 0:
+            self.api_port = free_port()
+        elif port_open(self.api_port):
+            raise RunFailed(
+                f"port {self.api_port} is in use; pass --api-port N (0 picks a free port)"
+            )
+
+    def _create_topics(self, bootstrap_servers: str) -> None:
+        try:
+            ensure_topics(bootstrap_servers, topics_of(self.pipeline))
+        except (TopicMismatch, TimeoutError):
+            raise
+        except Exception as err:  # kafka-python's errors share no useful base class
+            detail = str(err) if str(err) not in ("", type(err).__name__) else ""
+            raise RunFailed(
+                f"could not create topics on Kafka at {bootstrap_servers}: "
+                f"{type(err).__name__} {detail}".rstrip()
+            ) from err
+
     def _start_children(self, conn: Connections) -> None:
         specs = children_of(self.pipeline, self.with_api)
-        if self.with_api:
-            if self.api_port == 0:
-                self.api_port = free_port()
-            elif port_open(self.api_port):
-                raise RunFailed(
-                    f"port {self.api_port} is in use; pass --api-port N (0 picks a free port)"
-                )
         workers = [s for s in specs if s.kind != "api"]
         ports = dict(zip([s.label for s in workers], free_ports(len(workers)), strict=True))
         self.supervisor = Supervisor(self.manifest, self.workdir, conn, self.log_dir, self._notify)
@@ -266,49 +271,7 @@ class LocalRun:
             self.supervisor.add(spec, self.api_port if spec.kind == "api" else ports[spec.label])
         self.supervisor.start_all()
 
-    # -- watching -------------------------------------------------------------------
-
-    def _watch(self) -> None:
-        scraper = Scraper()
-        next_scrape = 0.0
-        try:
-            while not self._stop_monitor.is_set():
-                assert self.supervisor is not None
-                self.supervisor.check()
-                if time.monotonic() >= next_scrape:
-                    next_scrape = time.monotonic() + _SCRAPE_EVERY
-                    self._scrape(scraper)
-                    status = self._build_status()
-                    with self._status_lock:
-                        self._status = status
-                self._stop_monitor.wait(_MONITOR_TICK)
-        except Exception:  # the run goes on without a table rather than dying silently
-            log.exception("the status monitor failed")
-        finally:
-            scraper.close()
-
-    def _scrape(self, scraper: Scraper) -> None:
-        assert self.supervisor is not None
-        at = time.monotonic()
-        for child in self.supervisor.children:
-            label = child.spec.label
-            if not child.alive:
-                self._samples[label] = Sample()
-                continue
-            sample = (
-                scraper.api(child.port) if child.spec.kind == "api" else scraper.worker(child.port)
-            )
-            self._samples[label] = sample
-            if sample.events_in is not None or sample.events_out is not None:
-                rates = self._rates.setdefault(label, Rates())
-                self._rate_now[label] = rates.add(
-                    at, sample.events_in or 0.0, sample.events_out or 0.0
-                )
-
-    def _build_status(self) -> RunStatus:
-        rows = []
-        if self.supervisor is not None:
-            rows = [self._row(child) for child in self.supervisor.children]
+    def _header(self) -> RunStatus:
         extras = []
         if self.gbfs is not None:
             extras.append(f"GBFS feed  {self.gbfs.url}/gbfs.json (serving {self.gbfs.folder})")
@@ -321,35 +284,7 @@ class LocalRun:
             dashboard_url=self.dashboard_url,
             docs_url=f"{self.api_url}{DOCS_PATH}" if self.api_url else None,
             log_dir=str(self.log_dir),
-            rows=rows,
             extras=extras,
-        )
-
-    def _row(self, child: Child) -> RowStatus:
-        spec = child.spec
-        sample = self._samples.get(spec.label, Sample())
-        if child.restart_at is not None:
-            state = "restarting"
-        elif not child.alive:
-            state = "stopped" if self._stopped else ("exited" if child.proc else "starting")
-        elif sample.ready:
-            state = "done" if sample.detail.startswith("finished") else "ready"
-        else:
-            state = "starting"
-        rate_in, rate_out = self._rate_now.get(spec.label, (None, None))
-        return RowStatus(
-            label=spec.label,
-            kind=spec.kind,
-            state=state,
-            pid=child.pid,
-            restarts=child.restarts,
-            rate_in=rate_in,
-            rate_out=rate_out,
-            events_in=sample.events_in,
-            events_out=sample.events_out,
-            lag=sample.lag,
-            dead=sample.failed,
-            detail=sample.detail,
         )
 
     def _notify(self, message: str) -> None:
@@ -360,5 +295,12 @@ class LocalRun:
             log.info("%s", message)
 
 
-def _log_name(row: RowStatus) -> str:
-    return ChildSpec(row.kind, row.label.split("/", 1)[-1]).log_name  # type: ignore[arg-type]
+def _check_redis(url: str) -> None:
+    """Fail now, with the URL, rather than have every step crash-loop on it."""
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3) as client:
+            client.ping()
+    except redis.RedisError as err:
+        raise RunFailed(f"Redis at {url} does not answer: {err}") from err

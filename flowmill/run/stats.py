@@ -55,6 +55,10 @@ class Rates:
     history: deque[tuple[float, float, float]] = field(default_factory=deque)
 
     def add(self, at: float, events_in: float, events_out: float) -> tuple[float, float]:
+        if self.history and (events_in < self.history[-1][1] or events_out < self.history[-1][2]):
+            # A restarted worker counts from zero again: start over rather than show a
+            # negative (or diluted) rate.
+            self.history.clear()
         self.history.append((at, events_in, events_out))
         while len(self.history) > 2 and at - self.history[0][0] > RATE_WINDOW:
             self.history.popleft()
@@ -62,7 +66,6 @@ class Rates:
         span = at - first[0]
         if span <= 0:
             return 0.0, 0.0
-        # A restarted worker's counters start again from zero; never show negative rates.
         return max(0.0, (events_in - first[1]) / span), max(0.0, (events_out - first[2]) / span)
 
 

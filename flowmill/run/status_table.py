@@ -27,6 +27,8 @@ class RowStatus:
     lag: float | None = None
     dead: float | None = None
     detail: str = ""
+    """What its /readyz said."""
+    log_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,14 +87,16 @@ def render(status: RunStatus) -> RenderableType:
     table.add_column("restarts", justify="right")
     for row in status.rows:
         state = Text(row.state, style=_STATE_STYLE.get(row.state, ""))
+        # A source consumes nothing (its "dead-lettered" is input it could not read).
+        consumes = row.kind != "source"
         table.add_row(
             row.label,
             state,
-            _num(row.rate_in, rate=True),
+            _num(row.rate_in if consumes else None, rate=True),
             _num(row.rate_out, rate=True),
-            _num(row.events_in),
+            _num(row.events_in if consumes else None),
             _num(row.events_out),
-            _num(row.lag),
+            _num(row.lag if consumes else None),
             _num(row.dead),
             str(row.restarts) if row.restarts else "",
         )

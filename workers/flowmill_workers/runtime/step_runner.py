@@ -213,7 +213,7 @@ class StepRunner:
                         await writing
                 elif self.lake is not None:
                     await self._flush_lake(self.lake.due())
-                self._report_lag()
+                await self._report_lag()
         finally:
             if writing is not None:
                 await writing
@@ -498,13 +498,13 @@ class StepRunner:
             self.consumer.seek(tp, saved[0])
             self.expected[tp], self.watermarks[tp] = saved
 
-    def _report_lag(self) -> None:
+    async def _report_lag(self) -> None:
+        """Lag per partition: the consumer's position, not the last record + 1, because a
+        transactional input ends in a commit marker the position steps over."""
         assert self.consumer is not None
         for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
+            high = self.consumer.last_stable_offset(tp) or self.consumer.highwater(tp)
             if high is None:
                 continue
-            position = self.expected.get(tp)
-            if position is None:
-                continue
+            position = await self.consumer.position(tp)
             self.metrics.lag(tp.topic, tp.partition, max(0, high - position))
