@@ -15,8 +15,10 @@ from redis.backoff import NoBackoff
 from flowmill.spec import Pipeline
 from flowmill_api.catalog import Catalog
 from flowmill_api.errors import install_error_handlers
+from flowmill_api.fastpath import FastPath
 from flowmill_api.live import LiveHub
 from flowmill_api.metrics import ApiMetrics, MetricsMiddleware
+from flowmill_api.resp import RedisPool
 from flowmill_api.routes import catalog, dashboard, health, latest, live, windows
 from flowmill_api.security import SecurityMiddleware
 from flowmill_api.settings import ApiSettings
@@ -32,12 +34,11 @@ answer is read from Redis when asked.
 
 
 def redis_client(url: str, settings: ApiSettings) -> aioredis.Redis:
-    """A client whose pool waits for a free connection instead of failing under load,
-    and which gives up on an unreachable Redis quickly (one retry covers a connection
-    that died with a restarted server) so the route can answer 503."""
+    """redis-py for the pub/sub subscription: gives up on an unreachable Redis quickly
+    (one retry covers a connection that died with a restarted server)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        max_connections=settings.redis_max_connections,
+        max_connections=4,
         timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         socket_timeout=settings.redis_timeout_seconds,
@@ -59,13 +60,18 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis_client(redis_url, settings)
+        pool = RedisPool(
+            redis_url,
+            size=settings.redis_connections,
+            timeout=settings.redis_timeout_seconds,
+        )
         hub = LiveHub(client, settings)
         app.state.flowmill = AppState(
             catalog=catalog_,
             settings=settings,
             metrics=metrics,
             redis=client,
-            store=TableStore(client),
+            store=TableStore(pool),
             hub=hub,
         )
         await hub.start()
@@ -73,6 +79,7 @@ def create_app(
             yield
         finally:
             await hub.stop()
+            await pool.close()
             await client.aclose()
             await client.connection_pool.disconnect()
 
@@ -86,6 +93,8 @@ def create_app(
     for module in (catalog, windows, latest, live, health, dashboard):
         app.include_router(module.router)
     dashboard.mount_static(app)
+    # Added first, so it runs innermost: after the key check, rate limit and CORS.
+    app.add_middleware(FastPath, fastapi_app=app)
     if settings.api_keys or settings.rate_limit:
         app.add_middleware(SecurityMiddleware, settings=settings)
         _document_security(app, settings)

@@ -21,7 +21,7 @@ from flowmill_api.responses import JsonResponse
 
 log = logging.getLogger("flowmill.api")
 
-REDIS_DOWN_ERRORS: tuple[type[BaseException], ...] = (
+REDIS_DOWN_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ConnectionError,
@@ -102,11 +102,6 @@ def _validation_error(request: Request, exc: Exception) -> JsonResponse:
     )
 
 
-def _api_error(request: Request, exc: Exception) -> JsonResponse:
-    assert isinstance(exc, ApiError)
-    return JsonResponse(exc.body(), status_code=exc.status_code)
-
-
 def redis_unavailable_response(retry_after: int, exc: BaseException) -> JsonResponse:
     """The 503 every route answers while Redis cannot be reached."""
     return JsonResponse(
@@ -122,11 +117,16 @@ def redis_unavailable_response(retry_after: int, exc: BaseException) -> JsonResp
 def install_error_handlers(app: FastAPI, retry_after: int) -> None:
     """Map our errors, validation errors and Redis outages to JSON responses."""
 
+    def api_error(request: Request, exc: Exception) -> JsonResponse:
+        assert isinstance(exc, ApiError)
+        headers = {"Retry-After": str(retry_after)} if exc.status_code == 503 else None
+        return JsonResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
     def redis_down(request: Request, exc: Exception) -> JsonResponse:
         log.warning("Redis unavailable on %s: %s", request.url.path, exc)
         return redis_unavailable_response(retry_after, exc)
 
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for exc_type in REDIS_DOWN_ERRORS:
         app.add_exception_handler(exc_type, redis_down)

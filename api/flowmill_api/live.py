@@ -29,7 +29,6 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from flowmill import serving
 from flowmill_api.catalog import Table
 from flowmill_api.errors import REDIS_DOWN_ERRORS
 from flowmill_api.settings import ApiSettings
@@ -193,7 +192,20 @@ class LiveStream:
         self.table = table
         self.key = key
         self.position = parse_position(since)
+        self.resuming = self.position is not None
         self.seq = 0
+
+    async def open(self) -> list[dict[str, Any]]:
+        """The backlog to send first: a catch-up when resuming from an id. A new stream
+        starts at the table's present position instead, so that a resync after an outage
+        of the subscription re-sends only what changed since the stream began."""
+        if self.resuming:
+            return await self.catch_up()
+        if self.table.kind == "window":
+            self.position = await self.store.newest_window(self.table) or 0
+        else:
+            self.position = int(time.time() * 1000)
+        return []
 
     def _event(self, data: dict[str, Any], replay: bool) -> dict[str, Any]:
         window = data.get("window")
@@ -221,7 +233,11 @@ class LiveStream:
         if t.kind == "window":
             margin = (t.window_size_ms or 0) + (t.allowed_lateness_ms or 0)
             since = self.position - margin
-            keys = [self.key] if self.key is not None else await self._active_keys(since)
+            keys = (
+                [self.key]
+                if self.key is not None
+                else await self.store.keys_since(t, since, REPLAY_LIMIT)
+            )
             events = []
             for key in keys:
                 _, windows = await self.store.key_windows(
@@ -245,17 +261,6 @@ class LiveStream:
                 found = await self.store.updated_since(t, since, REPLAY_LIMIT)
             events = [{"key": e["key"], "window": None, "values": e["value"]} for e in found]
         return [self._event(e, replay=True) for e in events]
-
-    async def _active_keys(self, since: int) -> list[str]:
-        """Keys whose newest window starts at or after `since`."""
-        raw = await self.store.client.zrangebyscore(
-            serving.keys_key(self.table.pipeline, self.table.name),
-            since,
-            "+inf",
-            start=0,
-            num=REPLAY_LIMIT,
-        )
-        return list(raw)
 
     async def events(
         self, sub: Subscriber, catch_up: bool = True

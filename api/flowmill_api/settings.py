@@ -43,8 +43,8 @@ class ApiSettings(BaseModel):
     """Origins allowed by CORS; empty: no CORS headers (same-origin only)."""
     retry_after_seconds: int = Field(default=2, ge=1)
     """Retry-After of a 503 while Redis is unreachable."""
-    redis_max_connections: int = Field(default=64, ge=1)
-    """Size of the Redis connection pool; requests beyond it wait for a free connection."""
+    redis_connections: int = Field(default=4, ge=1, le=64)
+    """Connections in the read pool; each carries many requests at once (pipelined)."""
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     """Connect and read timeout per Redis call, so an unreachable Redis is a prompt 503
     rather than a hung request."""

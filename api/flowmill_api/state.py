@@ -28,7 +28,9 @@ class AppState:
     settings: ApiSettings
     metrics: ApiMetrics
     redis: aioredis.Redis
+    """redis-py, for the live-update subscription."""
     store: TableStore
+    """Reads, through the pipelined pool (flowmill_api.resp)."""
     hub: LiveHub
 
 

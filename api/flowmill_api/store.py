@@ -8,19 +8,23 @@ each) runs as one read-only Lua script, and independent reads go in one pipeline
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 
 from flowmill import serving
 from flowmill_api.catalog import INTEGER_OPS, Table
+from flowmill_api.resp import RedisPool
 
 # KEYS[1] the key's window index. ARGV: 1 window hash prefix (…:w:{key}:), 2 mode
-# (`last`: the newest ARGV[5]; `range`: scores ARGV[3]..ARGV[4], at most ARGV[5]).
-# Returns {index size, start, fields, start, fields, …}.
+# (`last`: the newest ARGV[5]; `range`: scores ARGV[3]..ARGV[4], at most ARGV[5]),
+# 6… the fields to read (`end`, then the aggregates; internal partials are never read).
+# Returns {index size, start, values, start, values, …}.
 _KEY_WINDOWS = """
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 local starts
 if ARGV[2] == 'last' then
   starts = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)
@@ -30,15 +34,17 @@ end
 local out = {redis.call('ZCARD', KEYS[1])}
 for _, s in ipairs(starts) do
   out[#out + 1] = s
-  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. s)
+  out[#out + 1] = redis.call('HMGET', ARGV[1] .. s, unpack(fields))
 end
 return out
 """
 
 # KEYS[1] the table's window zset. ARGV: 1 table prefix, 2 window start or `current`
-# (the newest), 3 aggregate, 4 n, 5 desc|asc. Returns false for an unknown window, else
-# {start, {key, score, fields, …}}.
+# (the newest), 3 aggregate, 4 n, 5 desc|asc, 6… fields to read. Returns false for an
+# unknown window, else {start, {key, score, values, …}}.
 _TOP = """
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 local start = ARGV[2]
 if start == 'current' then
   local newest = redis.call('ZREVRANGE', KEYS[1], 0, 0)
@@ -59,7 +65,8 @@ local out = {}
 for i = 1, #ranked, 2 do
   out[#out + 1] = ranked[i]
   out[#out + 1] = ranked[i + 1]
-  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ':w:' .. ranked[i] .. ':' .. start)
+  out[#out + 1] = redis.call('HMGET', ARGV[1] .. ':w:' .. ranked[i] .. ':' .. start,
+    unpack(fields))
 end
 return {start, out}
 """
@@ -115,25 +122,28 @@ EARTH_RADIUS_M = 6372797.560856
 GEO_MAX_LAT = 85.05112878
 
 
-def window_values(table: Table, flat: list[str]) -> tuple[int | None, dict[str, Any]]:
-    """The `end` and typed aggregate values of a window hash (HGETALL's flat list);
-    internal `_`-prefixed partials are left out, missing aggregates are None."""
-    raw = dict(zip(flat[::2], flat[1::2], strict=True))
-    values: dict[str, Any] = {}
-    for agg in table.aggregates:
-        v = raw.get(agg.name)
-        if v is None:
-            values[agg.name] = None
-        elif agg.op in INTEGER_OPS:
-            values[agg.name] = int(v)
-        else:
-            values[agg.name] = float(v)
-    end = raw.get("end")
-    return (int(end) if end is not None else None), values
+@functools.cache
+def _fields(table: Table) -> tuple[list[str], list[tuple[str, type[int] | type[float]]]]:
+    """The hash fields a window read asks for (`end`, then each aggregate) and how each
+    aggregate's text becomes a number."""
+    convert = [(a.name, int if a.op in INTEGER_OPS else float) for a in table.aggregates]
+    return ["end", *(name for name, _ in convert)], convert
 
 
-def window_dict(table: Table, key: str, start: int, flat: list[str]) -> dict[str, Any]:
-    end, values = window_values(table, flat)
+def window_values(table: Table, row: list[str | None]) -> tuple[int | None, dict[str, Any]]:
+    """The `end` and typed aggregate values of an HMGET of `_fields(table)`; `end` is None
+    when the hash is gone (expired, or dropped by retention since it was indexed)."""
+    _, convert = _fields(table)
+    values = {
+        name: None if v is None else conv(v)
+        for (name, conv), v in zip(convert, row[1:], strict=True)
+    }
+    end = row[0]
+    return (None if end is None else int(end)), values
+
+
+def window_dict(table: Table, key: str, start: int, row: list[str | None]) -> dict[str, Any]:
+    end, values = window_values(table, row)
     size = table.window_size_ms or 0
     return {"key": key, "start": start, "end": end or start + size, "values": values}
 
@@ -144,18 +154,21 @@ def decode_event(body: str) -> dict[str, Any]:
 
 
 def _score(raw: str | None) -> int | None:
-    return None if raw in (None, "") else int(float(raw))  # type: ignore[arg-type]
+    return None if raw is None or raw == "" else int(float(raw))
 
 
 class TableStore:
     """Reads of every table through one client (one connection pool)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
-        self._key_windows = client.register_script(_KEY_WINDOWS)
-        self._top = client.register_script(_TOP)
-        self._entries = client.register_script(_ENTRIES)
-        self._within = client.register_script(_WITHIN)
+    def __init__(self, redis: RedisPool) -> None:
+        self.redis = redis
+        self._key_windows = redis.script(_KEY_WINDOWS)
+        self._top = redis.script(_TOP)
+        self._entries = redis.script(_ENTRIES)
+        self._within = redis.script(_WITHIN)
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.execute("PING") == "PONG")
 
     # -- window tables ----------------------------------------------------------------
 
@@ -179,13 +192,14 @@ class TableStore:
             lo = "-inf" if start is None else start
             hi = "+inf" if end is None else end
             args += ["range", lo, hi, limit]
+        args += _fields(table)[0]
         raw = await self._key_windows(
             keys=[serving.window_index_key(p, table.name, key)], args=args
         )
         exists = int(raw[0]) > 0
         windows = []
         for i in range(1, len(raw), 2):
-            if raw[i + 1]:  # an expired hash whose index entry outlived it is skipped
+            if raw[i + 1][0] is not None:  # an expired hash whose index outlived it
                 windows.append(window_dict(table, key, int(raw[i]), raw[i + 1]))
         windows.sort(key=lambda w: w["start"])
         return exists, windows
@@ -194,14 +208,37 @@ class TableStore:
         self, table: Table, start: int | None, end: int | None, limit: int
     ) -> list[int]:
         """Window starts of the table in [start, end], newest first."""
-        raw = await self.client.zrevrangebyscore(
+        raw = await self.redis.execute(
+            "ZREVRANGEBYSCORE",
             serving.windows_key(table.pipeline, table.name),
             "+inf" if end is None else end,
             "-inf" if start is None else start,
-            start=0,
-            num=limit,
+            "LIMIT",
+            0,
+            limit,
         )
         return [int(s) for s in raw]
+
+    async def newest_window(self, table: Table) -> int | None:
+        raw = await self.redis.execute(
+            "ZREVRANGE", serving.windows_key(table.pipeline, table.name), 0, 0
+        )
+        return int(raw[0]) if raw else None
+
+    async def keys_since(self, table: Table, since: int, limit: int) -> list[str]:
+        """Keys whose newest window starts at or after `since`."""
+        return cast(
+            list[str],
+            await self.redis.execute(
+                "ZRANGEBYSCORE",
+                serving.keys_key(table.pipeline, table.name),
+                since,
+                "+inf",
+                "LIMIT",
+                0,
+                limit,
+            ),
+        )
 
     async def top(
         self, table: Table, start: int | None, by: str, n: int, order: str
@@ -210,17 +247,24 @@ class TableStore:
         when the table has no such window. `start` None means the newest window."""
         raw = await self._top(
             keys=[serving.windows_key(table.pipeline, table.name)],
-            args=[table.prefix, "current" if start is None else start, by, n, order],
+            args=[
+                table.prefix,
+                "current" if start is None else start,
+                by,
+                n,
+                order,
+                *_fields(table)[0],
+            ],
         )
         if raw is None:
             return None
         found, flat = int(raw[0]), raw[1]
-        out = []
+        out: list[dict[str, Any]] = []
         for i in range(0, len(flat), 3):
-            key, score, fields = flat[i], flat[i + 1], flat[i + 2]
-            if not fields:
+            key, score, row = flat[i], flat[i + 1], flat[i + 2]
+            end, values = window_values(table, row)
+            if end is None:
                 continue  # expired or dropped by retention since it was ranked
-            _, values = window_values(table, fields)
             value = values.get(by)
             out.append(
                 {
@@ -235,27 +279,25 @@ class TableStore:
     async def keys(self, table: Table, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         """(total, keys most recently active first)."""
         name = serving.keys_key(table.pipeline, table.name)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zcard(name)
-            pipe.zrevrange(name, offset, offset + limit - 1, withscores=True)
-            total, items = await pipe.execute()
-        return int(total), [{"key": k, "latest_start": int(s)} for k, s in items]
+        total, flat = await self.redis.execute_many(
+            ("ZCARD", name), ("ZREVRANGE", name, offset, offset + limit - 1, "WITHSCORES")
+        )
+        return int(total), [
+            {"key": flat[i], "latest_start": int(float(flat[i + 1]))}
+            for i in range(0, len(flat), 2)
+        ]
 
     # -- latest-state tables ----------------------------------------------------------
 
     async def entry(self, table: Table, key: str) -> dict[str, Any] | None:
         p = table.pipeline
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hget(serving.latest_key(p, table.name), key)
-            pipe.zscore(serving.updated_key(p, table.name), key)
-            body, score = await pipe.execute()
+        body, score = await self.redis.execute_many(
+            ("HGET", serving.latest_key(p, table.name), key),
+            ("ZSCORE", serving.updated_key(p, table.name), key),
+        )
         if body is None:
             return None
-        return {
-            "key": key,
-            "updated": None if score is None else int(score),
-            "value": decode_event(body),
-        }
+        return {"key": key, "updated": _score(score), "value": decode_event(body)}
 
     async def entries(
         self, table: Table, offset: int, limit: int
@@ -280,15 +322,15 @@ class TableStore:
     async def updated_since(self, table: Table, since_ms: int, limit: int) -> list[dict[str, Any]]:
         """Entries updated at or after `since_ms`, oldest first (live-stream replay)."""
         p = table.pipeline
-        keys = await self.client.zrangebyscore(
-            serving.updated_key(p, table.name), since_ms, "+inf", start=0, num=limit
+        keys = await self.redis.execute(
+            "ZRANGEBYSCORE", serving.updated_key(p, table.name), since_ms, "+inf", "LIMIT", 0, limit
         )
         if not keys:
             return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hmget(serving.latest_key(p, table.name), keys)
-            pipe.zmscore(serving.updated_key(p, table.name), keys)
-            bodies, scores = await pipe.execute()
+        bodies, scores = await self.redis.execute_many(
+            ("HMGET", serving.latest_key(p, table.name), *keys),
+            ("ZMSCORE", serving.updated_key(p, table.name), *keys),
+        )
         return [
             {"key": k, "updated": _score(s), "value": decode_event(b)}
             for k, b, s in zip(keys, bodies, scores, strict=True)

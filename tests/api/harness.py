@@ -18,11 +18,11 @@ import httpx
 import orjson
 import uvicorn
 from fastapi import FastAPI
+from flowmill_api import ApiSettings, create_app
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.ports import free_port
 from flowmill.spec import Pipeline
-from flowmill_api import ApiSettings, create_app
 from tests.workers.harness import create_topics, pipeline, produce, run_step, unique
 
 MINUTE = 60_000
@@ -103,9 +103,7 @@ def expected_windows(
     events: list[dict[str, Any]], size_ms: int = MINUTE
 ) -> dict[tuple[str, int], dict[str, float]]:
     """(region, window start) -> aggregates, computed from the events."""
-    acc: dict[tuple[str, int], dict[str, Any]] = defaultdict(
-        lambda: {"fares": [], "riders": set()}
-    )
+    acc: dict[tuple[str, int], dict[str, Any]] = defaultdict(lambda: {"fares": [], "riders": set()})
     for e in events:
         ts = int(datetime.fromisoformat(e["event_time"]).timestamp() * 1000)
         a = acc[(e["region_id"], ts - ts % size_ms)]
@@ -274,7 +272,9 @@ async def fill(kafka: EmbeddedKafka, redis_url: str, prefix: str) -> Served:
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str | None, Any]]:
     """(event name, id, decoded data) of each SSE event of a streaming response."""
-    name, ident, data = "message", None, []
+    name: str = "message"
+    ident: str | None = None
+    data: list[str] = []
     async for line in response.aiter_lines():
         if line == "":
             if data:

@@ -81,9 +81,7 @@ def test_bounding_box(
         assert e["lon"] == pytest.approx(latest[e["key"]]["lon"], abs=1e-5)
 
 
-def _shrink(
-    box: tuple[float, float, float, float], by: float
-) -> tuple[float, float, float, float]:
+def _shrink(box: tuple[float, float, float, float], by: float) -> tuple[float, float, float, float]:
     return box[0] + by, box[1] + by, box[2] - by, box[3] - by
 
 

@@ -53,18 +53,17 @@ def covers(start: int, keys: set[str], want: dict[tuple[str, int], Any] | None =
 async def test_sse_window_updates_and_resume(api: ApiServer, served: Served) -> None:
     url = f"{api.url}{served.base('regions')}/events"
     new_start = BASE_MS + 6 * MINUTE
-    async with httpx.AsyncClient(timeout=30) as client:
-        async with client.stream("GET", url) as response:
-            assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/event-stream")
-            stream = sse_events(response)
-            ready = await collect(stream, lambda ev: ev[-1][0] == "ready")
-            assert ready[-1][2]["table"] == "regions"
-            new = trips(400, seed=21, start_ms=new_start, minutes=1)
-            want = expected_windows(served.trips + new)
-            reader = asyncio.create_task(collect(stream, covers(new_start, set(REGIONS), want)))
-            await served.add_trips(new, ("by-region",))
-            events = await reader
+    async with httpx.AsyncClient(timeout=30) as client, client.stream("GET", url) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        stream = sse_events(response)
+        ready = await collect(stream, lambda ev: ev[-1][0] == "ready")
+        assert ready[-1][2]["table"] == "regions"
+        new = trips(400, seed=21, start_ms=new_start, minutes=1)
+        want = expected_windows(served.trips + new)
+        reader = asyncio.create_task(collect(stream, covers(new_start, set(REGIONS), want)))
+        await served.add_trips(new, ("by-region",))
+        events = await reader
     got = updates(events)
     assert all(not u["replay"] for u in got)
     ids = [u["id"] for u in got]
@@ -131,9 +130,7 @@ async def test_websocket_updates(api: ApiServer, served: Served) -> None:
     assert rest["start"] == start and rest["values"] == received[-1]["values"]
 
 
-async def test_websocket_unknown_table_closes_with_reason(
-    api: ApiServer, served: Served
-) -> None:
+async def test_websocket_unknown_table_closes_with_reason(api: ApiServer, served: Served) -> None:
     ws_url = api.url.replace("http://", "ws://") + f"{served.base('ghost')}/ws"
     async with websockets.connect(ws_url) as ws:
         message = orjson.loads(await ws.recv())
@@ -160,9 +157,10 @@ async def test_sse_latest_state_updates_and_resume(api: ApiServer, served: Serve
         assert u["window"] is None and u["deleted"] is False
         assert u["values"] == latest[u["key"]]
     # Resuming shortly after re-sends the entries updated around the last seen event.
-    async with httpx.AsyncClient(timeout=30) as client, client.stream(
-        "GET", url, params={"since": got[-1]["id"]}
-    ) as response:
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream("GET", url, params={"since": got[-1]["id"]}) as response,
+    ):
         replayed = await collect(
             sse_events(response), lambda ev: keys <= {u["key"] for u in updates(ev)}
         )

@@ -165,7 +165,7 @@ def test_unknown_key_and_wrong_table_kind_are_404s(http: httpx.Client, served: S
     ],
 )
 def test_bad_parameters_are_422s_naming_them(
-    http: httpx.Client, served: Served, path: str, params: dict[str, object], parameter: str
+    http: httpx.Client, served: Served, path: str, params: dict[str, int | str], parameter: str
 ) -> None:
     r = http.get(f"{served.base('regions')}/{path}", params=params)
     assert r.status_code == 422, r.text
@@ -173,3 +173,22 @@ def test_bad_parameters_are_422s_naming_them(
     assert body["error"] == "invalid_parameter"
     assert [p["name"] for p in body["parameters"]] == [parameter]
     assert f"'{parameter}'" in body["detail"]
+
+
+def test_fast_path_and_routes_answer_alike(http: httpx.Client, served: Served) -> None:
+    """The hottest routes are answered by flowmill_api.fastpath when their query is plain;
+    an extra parameter sends the same request through the FastAPI route instead."""
+    base = served.base("regions")
+    for path in (
+        f"{base}/keys/north/windows/current",
+        f"{base}/keys/north/windows/latest?n=3",
+        f"{base}/windows/current/top?by=revenue&n=3",
+        f"{base}/keys/atlantis/windows/current",
+        f"{served.base('vehicles')}/entries/v004",
+        f"{served.base('vehicles')}/entries/v999",
+    ):
+        fast = http.get(path)
+        routed = http.get(path + ("&" if "?" in path else "?") + "via=route")
+        assert fast.status_code == routed.status_code, path
+        assert fast.json() == routed.json(), path
+        assert fast.headers["content-type"] == routed.headers["content-type"]

@@ -38,7 +38,7 @@ async def readyz(request: Request) -> JsonResponse:
         "detail": f"serving {names}" if names else "no pipeline loaded",
     }
     try:
-        await asyncio.wait_for(state.redis.ping(), state.settings.redis_timeout_seconds)
+        await asyncio.wait_for(state.store.ping(), state.settings.redis_timeout_seconds)
         checks["redis"] = {"ok": True, "detail": "PING answered"}
     except REDIS_DOWN_ERRORS as err:
         checks["redis"] = {"ok": False, "detail": f"unreachable: {type(err).__name__}: {err}"}

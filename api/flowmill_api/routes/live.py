@@ -102,7 +102,7 @@ async def events(
     stack = contextlib.AsyncExitStack()
     sub = await stack.enter_async_context(state.hub.subscribe(t.channel, key))
     try:
-        backlog = await stream.catch_up()
+        backlog = await stream.open()
     except BaseException:
         await stack.aclose()
         raise
@@ -113,8 +113,8 @@ async def events(
         yield b"retry: %d\nevent: ready\ndata: %s\n\n" % (RETRY_MS, orjson.dumps(ready))
         for event in backlog:
             yield _sse(event)
-        async for event in stream.events(sub, catch_up=False):
-            yield _sse(event)
+        async for live_event in stream.events(sub, catch_up=False):
+            yield _sse(live_event)
 
     async def cleanup() -> None:
         gauge.dec()
@@ -166,7 +166,7 @@ async def websocket(
             await _subscribed(state)
             stream = LiveStream(state.hub, state.store, t, key, since)
             sub = await stack.enter_async_context(state.hub.subscribe(t.channel, key))
-            backlog = await stream.catch_up()
+            backlog = await stream.open()
         except ApiError as err:
             await ws.send_text(_ws({"type": "error", **err.body()}))
             await ws.close(code=4404 if err.status_code == 404 else 1013, reason=err.detail[:120])
@@ -203,8 +203,8 @@ async def _send(
         await ws.send_text(_ws({"type": "ready", "table": t.name, "key": key}))
         for event in backlog:
             await ws.send_text(_ws({"type": "update", **event}))
-        async for event in stream.events(sub, catch_up=False):
-            message = {"type": "ping"} if event is None else {"type": "update", **event}
+        async for live_event in stream.events(sub, catch_up=False):
+            message = {"type": "ping"} if live_event is None else {"type": "update", **live_event}
             await ws.send_text(_ws(message))
 
 

@@ -19,6 +19,7 @@
     series: [], // [{start, end, values}], oldest first
     entries: new Map(), // key -> {updated, value}
     updates: 0,
+    connected: false,
     source: null,
   };
 
@@ -92,6 +93,7 @@
     state.current = null;
     state.series = [];
     state.entries = new Map();
+    state.connected = false;
     if (state.source) state.source.close();
     $("window-view").hidden = t.kind !== "window";
     $("latest-view").hidden = t.kind !== "latest";
@@ -249,7 +251,10 @@
     const max = Math.max(...values, 0);
     const min = Math.min(...values, 0);
     const span = max - min || 1;
-    const x = (i) => pad.l + (series.length === 1 ? 0.5 : i / (series.length - 1)) * (W - pad.l - pad.r);
+    // Time on the x axis, so a gap between windows shows as a gap.
+    const t0 = series[0].start;
+    const t1 = series[series.length - 1].start;
+    const x = (i) => pad.l + (t1 === t0 ? 0.5 : (series[i].start - t0) / (t1 - t0)) * (W - pad.l - pad.r);
     const y = (v) => H - pad.b - ((v - min) / span) * (H - pad.t - pad.b);
     ctx.strokeStyle = "#d9dee7";
     ctx.lineWidth = 1;
@@ -303,7 +308,9 @@
     const entries = [...state.entries.values()].sort((a, b) => (b.updated || 0) - (a.updated || 0));
     $("entry-count").textContent = `${entries.length} keys`;
     const shown = entries.slice(0, 200);
-    const fields = [...new Set(shown.flatMap((e) => Object.keys(e.value || {})))].slice(0, 8);
+    const keyField = state.table.key_field;
+    const fields = [...new Set(shown.flatMap((e) => Object.keys(e.value || {})))]
+      .filter((f) => f !== keyField).slice(0, 8);
     const table = $("entries");
     table.innerHTML = "";
     const head = table.createTHead().insertRow();
@@ -323,7 +330,8 @@
     if (state.table.geo) drawMap($("map"), entries);
   }
 
-  const fmtCell = (v) => (v === undefined || v === null ? "" : typeof v === "number" ? fmtNum(v) : String(v));
+  const fmtCell = (v) =>
+    v === undefined || v === null ? "" : typeof v === "number" ? String(Math.round(v * 1e6) / 1e6) : String(v);
 
   function drawMap(svg, entries) {
     const width = svg.clientWidth || 600;
@@ -393,7 +401,10 @@
     const url = `${tableBase(t)}/events` + (apiKey ? `?api_key=${enc(apiKey)}` : "");
     const source = new EventSource(url);
     state.source = source;
-    source.addEventListener("ready", () => setStatus("live", "live"));
+    source.addEventListener("ready", () => {
+      state.connected = true;
+      setStatus("live", "live");
+    });
     source.addEventListener("update", (message) => {
       const event = JSON.parse(message.data);
       state.updates += 1;
@@ -403,7 +414,10 @@
       scheduleRender();
     });
     // EventSource reconnects by itself, sending Last-Event-ID so the API catches us up.
-    source.onerror = () => setStatus("reconnecting…", "down");
+    source.onerror = () => {
+      state.connected = false;
+      setStatus("reconnecting…", "down");
+    };
   }
 
   window.flowmillDashboard = {
@@ -412,6 +426,7 @@
       return {
         table: t ? `${t.pipeline}/${t.name}` : null,
         kind: t ? t.kind : null,
+        connected: state.connected,
         agg: state.agg,
         updates: state.updates,
         current: state.current

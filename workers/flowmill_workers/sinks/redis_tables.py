@@ -81,9 +81,17 @@ for _, u in ipairs(updates) do
   redis.call('ZADD', wi, startn, start)
   redis.call('ZADD', prefix .. ':keys', 'GT', startn, key)
   redis.call('ZADD', prefix .. ':wins', startn, start)
+  -- Keep the table-wide indexes as bounded as the data they point at: windows older
+  -- than `retain` windows, and keys silent for longer than the TTL, leave them.
+  redis.call('ZREMRANGEBYSCORE', prefix .. ':wins', '-inf',
+    '(' .. string.format('%d', startn - retain * size))
   if ttl > 0 then
     redis.call('EXPIRE', h, ttl)
     redis.call('EXPIRE', wi, ttl)
+    redis.call('ZREMRANGEBYSCORE', prefix .. ':keys', '-inf',
+      '(' .. string.format('%d', startn - ttl * 1000))
+    redis.call('EXPIRE', prefix .. ':keys', ttl)
+    redis.call('EXPIRE', prefix .. ':wins', ttl)
   end
   local extra = redis.call('ZCARD', wi) - retain
   if extra > 0 then

@@ -1,0 +1,101 @@
+"""Redis down: data routes answer 503 with Retry-After, /readyz fails, /healthz and the
+catalog keep answering; Redis back: the same process serves again (including live
+streams opened before the outage) without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from flowmill.local.redis import EmbeddedRedis
+from tests.api.harness import (
+    MINUTE,
+    REGIONS,
+    ApiServer,
+    Served,
+    assert_window,
+    collect,
+    expected_windows,
+    sse_events,
+    trips,
+)
+
+BASE_MS = 1_763_800_000_000 - 1_763_800_000_000 % MINUTE
+
+
+async def test_redis_outage_and_recovery(
+    api: ApiServer, served: Served, redis_server: EmbeddedRedis
+) -> None:
+    base = served.base("regions")
+    data_paths = [
+        f"{base}/keys/north/windows/current",
+        f"{base}/keys/north/windows/latest",
+        f"{base}/keys/north/windows",
+        f"{base}/windows",
+        f"{base}/windows/current/top",
+        f"{base}/keys",
+        f"{served.base('vehicles')}/entries",
+        f"{served.base('vehicles')}/entries/v001",
+        f"{served.base('vehicles')}/within?min_lat=40&min_lon=-75&max_lat=41&max_lon=-73",
+        f"{base}/events",
+    ]
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+        assert (await client.get(data_paths[0])).status_code == 200
+        async with client.stream("GET", f"{base}/events") as live:
+            stream = sse_events(live)
+            await collect(stream, lambda ev: ev[-1][0] == "ready")
+
+            redis_server.stop()
+            try:
+                for path in data_paths:
+                    r = await client.get(path)
+                    assert r.status_code == 503, (path, r.text)
+                    assert int(r.headers["retry-after"]) >= 1
+                    assert r.json()["error"] == "redis_unavailable"
+                ready = await client.get("/readyz")
+                assert ready.status_code == 503 and "retry-after" in ready.headers
+                assert ready.json()["checks"]["redis"]["ok"] is False
+                assert (await client.get("/healthz")).status_code == 200
+                assert (await client.get("/pipelines")).status_code == 200
+                # A 404 needs no Redis: it still names what is missing.
+                assert (
+                    await client.get(f"/pipelines/{served.name}/tables/x/keys")
+                ).status_code == 404
+            finally:
+                redis_server.start()
+
+            started = time.monotonic()
+            while (await client.get("/readyz")).status_code != 200:
+                assert time.monotonic() - started < 10, "not ready after Redis came back"
+                await asyncio.sleep(0.1)
+            # The restarted Redis is empty (no persistence): a 404, not a 503.
+            r = await client.get(data_paths[0])
+            assert r.status_code == 404 and r.json()["resource"] == "key"
+
+            # The worker refills it; the same API process serves the new values, and the
+            # live stream opened before the outage carries them.
+            start = BASE_MS + 20 * MINUTE
+            new = trips(300, seed=41, start_ms=start, minutes=1)
+            want = expected_windows(new)
+
+            def complete(events: list[tuple[str, str | None, dict[str, object]]]) -> bool:
+                last = {
+                    d["key"]: d
+                    for name, _, d in events
+                    if name == "update" and d["window"]["start"] == start  # type: ignore[index]
+                }
+                return set(last) == set(REGIONS) and all(
+                    last[r]["values"]["trips"] == want[(r, start)]["trips"]  # type: ignore[index]
+                    for r in REGIONS
+                )
+
+            reader = asyncio.create_task(collect(stream, complete, timeout=30))
+            await served.add_trips(new, ("by-region",))
+            await reader
+
+        for region in REGIONS:
+            body = (await client.get(f"{base}/keys/{region}/windows/current")).json()
+            assert body["start"] == start
+            assert_window(body["values"], want[(region, start)])

@@ -1,0 +1,128 @@
+"""API keys, the per-client rate limit and CORS: off by default, on when configured."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import websockets
+from flowmill_api import ApiSettings
+
+from flowmill.local.redis import EmbeddedRedis
+from tests.api.harness import ApiServer, build_pipeline, serve
+
+ORIGIN = "http://dashboard.example.test"
+
+
+@pytest.fixture(scope="module")
+def secured(redis_server: EmbeddedRedis) -> Iterator[tuple[ApiServer, str]]:
+    if not redis_server.running:
+        redis_server.start()
+    p = build_pipeline("sec")
+    with serve(
+        [p],
+        redis_server.url,
+        api_keys=frozenset({"key-one", "key-two"}),
+        rate_limit=5,
+        cors_origins=(ORIGIN,),
+    ) as server:
+        yield server, p.name
+
+
+def test_keys_are_required_where_data_is(secured: tuple[ApiServer, str]) -> None:
+    server, name = secured
+    with httpx.Client(base_url=server.url) as http:
+        r = http.get("/pipelines")
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert http.get("/pipelines", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert http.get("/pipelines", headers={"X-API-Key": "key-one"}).status_code == 200
+        assert (
+            http.get(f"/pipelines/{name}", headers={"Authorization": "Bearer key-two"}).status_code
+            == 200
+        )
+        # EventSource cannot send headers, so the key may come as a query parameter.
+        assert http.get("/pipelines", params={"api_key": "key-one"}).status_code == 200
+        for open_path in ("/healthz", "/readyz", "/metrics", "/docs", "/dashboard"):
+            assert http.get(open_path).status_code == 200, open_path
+        schema = http.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"
+        op = schema["paths"]["/pipelines"]["get"]
+        assert op["security"] == [{"ApiKey": []}] and "401" in op["responses"]
+
+
+async def test_websocket_needs_a_key(secured: tuple[ApiServer, str]) -> None:
+    server, name = secured
+    url = server.url.replace("http://", "ws://") + f"/pipelines/{name}/tables/regions/ws"
+    with pytest.raises(websockets.InvalidStatus):
+        async with websockets.connect(url):
+            pass
+    async with websockets.connect(url + "?api_key=key-two") as ws:
+        assert '"ready"' in str(await ws.recv())
+
+
+def test_rate_limit_per_client(secured: tuple[ApiServer, str]) -> None:
+    server, _ = secured
+    with httpx.Client(base_url=server.url) as http:
+        one = {"X-API-Key": "key-one"}
+        statuses = [http.get("/pipelines", headers=one).status_code for _ in range(12)]
+        assert statuses.count(429) >= 5 and statuses[:4] == [200] * 4
+        limited = http.get("/pipelines", headers=one)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["error"] == "rate_limited"
+        # Another client (key) has its own budget; probes are never limited.
+        assert http.get("/pipelines", headers={"X-API-Key": "key-two"}).status_code == 200
+        assert all(http.get("/healthz").status_code == 200 for _ in range(20))
+
+
+def test_cors(secured: tuple[ApiServer, str]) -> None:
+    server, _ = secured
+    with httpx.Client(base_url=server.url) as http:
+        preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}
+        r = http.options("/pipelines", headers=preflight)
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == ORIGIN
+        r = http.options("/pipelines", headers=preflight | {"Origin": "http://evil.test"})
+        assert "access-control-allow-origin" not in r.headers
+        r = http.get("/healthz", headers={"Origin": ORIGIN})
+        assert r.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_off_by_default() -> None:
+    settings = ApiSettings.from_env([build_pipeline("dflt")], environ={})
+    assert not settings.api_keys and settings.rate_limit is None and not settings.cors_origins
+
+
+def test_settings_from_environment_and_secret_dir(tmp_path: object) -> None:
+    from pathlib import Path
+
+    secret = Path(str(tmp_path))
+    (secret / "alice").write_text("alice-key\n")
+    (secret / "..data").mkdir()
+    env = {
+        "FLOWMILL_API_KEYS": "a, b",
+        "FLOWMILL_API_KEYS_DIR": str(secret),
+        "FLOWMILL_API_RATE_LIMIT": "50",
+        "FLOWMILL_API_CORS_ORIGINS": "http://x.test,http://y.test",
+    }
+    settings = ApiSettings.from_env([], environ=env, rate_limit=None)
+    assert settings.api_keys == {"a", "b", "alice-key"}
+    assert settings.rate_limit == 50
+    assert settings.cors_origins == ("http://x.test", "http://y.test")
+    assert ApiSettings.from_env([], environ=env, rate_limit=7).rate_limit == 7
+
+
+def test_settings_from_the_pipeline_spec() -> None:
+    from flowmill.manifest import parse_pipeline
+
+    def with_api(name: str, api: dict[str, object]) -> object:
+        doc = build_pipeline(name).to_manifest()
+        doc["spec"]["api"] = api
+        return parse_pipeline(doc)
+
+    a = with_api("spec-a", {"rateLimit": 20, "corsOrigins": ["http://a.test"]})
+    b = with_api("spec-b", {"rateLimit": 5, "corsOrigins": ["http://b.test", "http://a.test"]})
+    settings = ApiSettings.from_env([a, b], environ={})  # type: ignore[list-item]
+    assert settings.rate_limit == 5  # one process serves both: the strictest applies
+    assert settings.cors_origins == ("http://a.test", "http://b.test")
