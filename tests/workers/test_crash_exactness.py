@@ -99,10 +99,16 @@ async def test_kill_9_at_random_points_keeps_windows_exact(
             break
     assert kills[0] < EVENTS, f"worker finished before the first kill: {kills}"
 
+    joined_before = log.read_text().count("step by-region assigned")
     worker = _start_worker(manifest, kafka_broker, redis_server.url, log)
     try:
         deadline = time.monotonic() + 120
-        while _processed(redis_client, name, name) < EVENTS:
+        # Wait for this worker to join too: the kills may already have finished the
+        # work, and a SIGTERM before the worker installs its handler proves nothing.
+        while (
+            _processed(redis_client, name, name) < EVENTS
+            or log.read_text().count("step by-region assigned") == joined_before
+        ):
             assert worker.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, f"stuck at {_processed(redis_client, name, name)}"
             time.sleep(0.1)
