@@ -14,11 +14,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from flowmill.local import ComponentMissing, cache_dir, find_binary
-from flowmill.local.ports import LOOPBACK, free_ports, port_open, spawn, tail, terminate
+from flowmill.local.ports import LOOPBACK, StartStop, free_ports, port_open, spawn, tail, terminate
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def random_cluster_id() -> str:
             return cid
 
 
-class EmbeddedKafka:
+class EmbeddedKafka(StartStop):
     """A Kafka broker process on 127.0.0.1, for `flowmill run` and tests.
 
     Topics are not auto-created (auto_create_topics=False): a producer or consumer that names
@@ -108,18 +107,6 @@ class EmbeddedKafka:
     def console_log(self) -> Path:
         """The JVM's stdout and stderr: crashes before log4j is configured land here."""
         return self._require_dir() / "logs" / "console.log"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         if self.running:

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 LOOPBACK = "127.0.0.1"
 
@@ -141,3 +143,26 @@ def _stop_all() -> None:
         procs = list(_live)
     for proc in procs:
         terminate(proc, grace=5.0)
+
+
+class StartStop:
+    """`with` support for anything that has start() and stop(): servers, runs, control
+    planes; stop() runs even when the block raises."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -10,13 +10,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import redis
 
 from flowmill.local import find_binary
-from flowmill.local.ports import LOOPBACK, free_port, spawn, tail, terminate
+from flowmill.local.ports import LOOPBACK, StartStop, free_port, spawn, tail, terminate
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +25,7 @@ class RedisStartFailed(RuntimeError):
     """redis-server exited or did not answer PING; the message ends with its log."""
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(StartStop):
     """A redis-server process on 127.0.0.1 without persistence.
 
     The port is chosen once and kept: stop() then start(), or restart(), serve on the same
@@ -49,18 +47,6 @@ class EmbeddedRedis:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         if self.running:

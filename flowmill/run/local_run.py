@@ -19,12 +19,11 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
 from flowmill.connections import ENV_BOOTSTRAP, ENV_REDIS_URL
-from flowmill.local.ports import LOOPBACK, free_port, free_ports, port_open, tail
+from flowmill.local.ports import LOOPBACK, StartStop, free_port, free_ports, port_open, tail
 from flowmill.manifest import load_pipeline
 from flowmill.run.gbfs_server import GbfsServer
 from flowmill.run.monitor import Monitor
@@ -51,7 +50,7 @@ class RunFailed(RuntimeError):
     """The run could not start; the message says why and what to do."""
 
 
-class LocalRun:
+class LocalRun(StartStop):
     """Runs one Pipeline locally; use as a context manager or call start() and stop()."""
 
     def __init__(
@@ -92,18 +91,6 @@ class LocalRun:
         self.conn: Connections | None = None
 
     # -- lifecycle ------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         try:

@@ -26,7 +26,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import yaml
@@ -39,7 +38,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from flowmill.local import find_binary
-from flowmill.local.ports import free_ports, spawn, tail, terminate
+from flowmill.local.ports import StartStop, free_ports, spawn, tail, terminate
 
 SERVICE_CIDR = "10.0.0.0/24"
 # The first address of SERVICE_CIDR: the in-cluster `kubernetes` Service, which the serving
@@ -66,7 +65,7 @@ class KubeControlPlaneError(RuntimeError):
     """A control-plane component failed to start; the message carries the tail of its log."""
 
 
-class KubeControlPlane:
+class KubeControlPlane(StartStop):
     """etcd + kube-apiserver + kube-controller-manager on loopback, torn down by stop().
 
     Use as a context manager, or call start() and stop(). After start(): `kubeconfig` is an
@@ -98,18 +97,6 @@ class KubeControlPlane:
         self._atexit_registered = False
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> KubeControlPlane:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> KubeControlPlane:
         if self.dir is not None:
