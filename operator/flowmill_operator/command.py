@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the settings module is light, but keep --help's imports minimal
+    from flowmill_operator.settings import RenderSettings
 
 ENV_HELP = "defaults come from FLOWMILL_* environment variables (see docs/operator.md)"
 
@@ -26,18 +30,29 @@ def _render_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="PodDisruptionBudgets for steps and the API",
     )
+    defaults = parser.add_argument_group(
+        "platform defaults", "for Pipelines whose spec.kafka or spec.redis is empty"
+    )
+    defaults.add_argument("--default-kafka-cluster", metavar="NAME", help="Strimzi Kafka resource")
+    defaults.add_argument("--default-kafka-namespace", metavar="NS", help="its namespace")
+    defaults.add_argument("--default-bootstrap-servers", metavar="HOST:PORT")
+    defaults.add_argument("--default-redis-url", metavar="URL")
 
 
-def _render_settings(args: argparse.Namespace) -> object:
+def _render_settings(args: argparse.Namespace) -> RenderSettings:
     from flowmill_operator.settings import render_settings_from_env
 
     base = render_settings_from_env()
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     for flag, name in (
         ("image", "image"),
         ("strimzi_api_version", "strimzi_api_version"),
         ("autoscaler", "autoscaler"),
         ("pdb", "pod_disruption_budgets"),
+        ("default_kafka_cluster", "default_kafka_cluster"),
+        ("default_kafka_namespace", "default_kafka_namespace"),
+        ("default_bootstrap_servers", "default_bootstrap_servers"),
+        ("default_redis_url", "default_redis_url"),
     ):
         if getattr(args, flag, None) is not None:
             changes[name] = getattr(args, flag)
@@ -62,7 +77,7 @@ def _render(args: argparse.Namespace) -> int:
     manifests = []
     for pipeline in pipelines:
         try:
-            rendered = render(pipeline, settings, namespace=args.namespace)  # type: ignore[arg-type]
+            rendered = render(pipeline, settings, namespace=args.namespace)
         except RenderError as err:
             print(f"{args.file}: Pipeline {pipeline.name} cannot run in a cluster", file=sys.stderr)
             for error in err.errors:
@@ -96,7 +111,7 @@ def _operator(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from flowmill_operator.runner import run
+    from flowmill_operator.runner import SetupError, run
     from flowmill_operator.settings import operator_settings_from_env
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
@@ -105,7 +120,7 @@ def _operator(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"flowmill operator: {err}", file=sys.stderr)
         return 2
-    changes: dict[str, object] = {"render": _render_settings(args)}
+    changes: dict[str, Any] = {"render": _render_settings(args)}
     if args.all_namespaces:
         changes["namespaces"] = ()
     elif args.namespace:
@@ -117,9 +132,22 @@ def _operator(args: argparse.Namespace) -> int:
         changes["liveness_endpoint"] = args.liveness
     if args.standalone:
         changes["peering"] = None
-    settings = replace(settings, **changes)  # type: ignore[arg-type]
+    settings = replace(settings, **changes)
+    from kubernetes.config import ConfigException
+
     # Kopf handles SIGINT/SIGTERM itself: it finishes handlers in flight, then returns.
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except ConfigException as err:
+        print(
+            f"flowmill operator: no Kubernetes credentials ({err}): not running in a cluster, "
+            "and no kubeconfig (--kubeconfig, $KUBECONFIG or ~/.kube/config)",
+            file=sys.stderr,
+        )
+        return 1
+    except SetupError as err:  # e.g. peering without its CRDs
+        print(f"flowmill operator: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

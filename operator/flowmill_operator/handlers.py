@@ -7,6 +7,7 @@ one), so tests can run several operators in one process, e.g. to restart one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,8 @@ log = logging.getLogger("flowmill.operator")
 @dataclass
 class Runtime:
     """What the handlers share; the Reconciler is made at startup, inside Kopf's loop,
-    because its HTTP client belongs to that loop."""
+    because its HTTP client belongs to that loop. Its client is closed by whoever runs
+    Kopf, after Kopf returns: timers may still fire during Kopf's cleanup activities."""
 
     settings: OperatorSettings
     credentials: Credentials
@@ -37,7 +39,7 @@ class Runtime:
         return self.reconciler
 
 
-def _post(body: Any, trigger: str, outcome: Outcome) -> None:
+def _post(body: kopf.Body, trigger: str, outcome: Outcome) -> None:
     if outcome.created:
         if trigger == "timer":
             # Only a hand-deleted child is created by a resync: that is drift, say so.
@@ -45,6 +47,11 @@ def _post(body: Any, trigger: str, outcome: Outcome) -> None:
         else:
             reason, verb = "Applied", "created"
         kopf.event(body, type="Normal", reason=reason, message=f"{verb} {_list(outcome.created)}")
+    if trigger == "update" and outcome.valid and outcome.status is not None:
+        generation = outcome.status.get("observedGeneration")
+        kopf.event(
+            body, type="Normal", reason="Updated", message=f"applied generation {generation}"
+        )
     if outcome.pruned:
         kopf.event(
             body,
@@ -54,6 +61,15 @@ def _post(body: Any, trigger: str, outcome: Outcome) -> None:
         )
     for kind, reason, message in outcome.events:
         kopf.event(body, type=kind, reason=reason, message=message)
+
+
+def _plain(value: Any) -> Any:
+    """Kopf's body as plain dicts and lists (it hands out read-only mapping views)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _list(items: list[str], limit: int = 12) -> str:
@@ -72,16 +88,14 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def start(**_: Any) -> None:
-        runtime.reconciler = Reconciler(
+        reconciler = Reconciler(
             KubeClient(runtime.credentials), settings, after_apply=runtime.after_apply
         )
+        await reconciler.warm_up()
+        runtime.reconciler = reconciler
 
-    @kopf.on.cleanup(registry=registry)
-    async def stop(**_: Any) -> None:
-        if runtime.reconciler is not None:
-            await runtime.reconciler.kube.aclose()
-
-    async def reconcile(body: Any, namespace: str, name: str, trigger: str) -> None:
+    async def reconcile(body: kopf.Body, namespace: str | None, name: str, trigger: str) -> None:
+        assert namespace is not None  # Pipelines are namespaced
         try:
             outcome = await runtime.require().reconcile(namespace, name)
         except KubeError as err:
@@ -91,15 +105,15 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             raise kopf.TemporaryError(outcome.retry, delay=retry)
 
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, backoff=retry)
-    async def created(body: Any, namespace: str, name: str, **_: Any) -> None:
+    async def created(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         await reconcile(body, namespace, name, "create")
 
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=retry)
-    async def updated(body: Any, namespace: str, name: str, **_: Any) -> None:
+    async def updated(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         await reconcile(body, namespace, name, "update")
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, backoff=retry)
-    async def resumed(body: Any, namespace: str, name: str, **_: Any) -> None:
+    async def resumed(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         await reconcile(body, namespace, name, "resume")
 
     # The initial delay keeps the first resync off the create handler's heels.
@@ -112,18 +126,18 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         initial_delay=settings.resync_seconds,
         backoff=retry,
     )
-    async def resync(body: Any, namespace: str, name: str, **_: Any) -> None:
+    async def resync(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         await reconcile(body, namespace, name, "timer")
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, backoff=retry)
-    async def deleted(body: Any, namespace: str, name: str, spec: Any, **_: Any) -> None:
+    async def deleted(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         """Topics in another namespace: the garbage collector only follows owner
         references within a namespace, so this finalizer deletes them."""
-        kafka_namespace = (dict(spec).get("kafka") or {}).get("namespace")
+        assert namespace is not None
+        reconciler = runtime.require()
+        reconciler.forget(body["metadata"]["uid"])
         try:
-            removed = await runtime.require().delete_topics_elsewhere(
-                namespace, name, kafka_namespace
-            )
+            removed = await reconciler.delete_topics_elsewhere(_plain(body))
         except KubeError as err:
             raise kopf.TemporaryError(f"deleting topics failed: {err}", delay=retry) from err
         if removed:
@@ -149,4 +163,8 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     ks.watching.server_timeout = 60
     ks.watching.client_timeout = 90
     ks.networking.request_timeout = 30
+    # A Pipeline being deleted waits for its resync timer to stop; if a resync is in
+    # flight, Kopf would otherwise look again only a minute later (holding the finalizer).
+    ks.background.instant_exit_timeout = 10
+    ks.background.cancellation_polling = 2
     return ks

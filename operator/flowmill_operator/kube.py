@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from flowmill_operator.credentials import Credentials, load_credentials
 from flowmill_operator.naming import MANAGER
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -55,12 +59,20 @@ class KubeError(Exception):
 
 
 class KubeClient:
-    def __init__(self, credentials: Credentials, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, credentials: Credentials, *, timeout: float = 30.0, max_connections: int = 32
+    ) -> None:
         self.credentials = credentials
+        # Requests queue here rather than in the connection pool: hundreds of Pipelines
+        # reconciling at once must wait their turn, not time out waiting for a socket.
+        self._slots = asyncio.Semaphore(max_connections)
         self._http = httpx.AsyncClient(
             base_url=credentials.server,
             verify=credentials.ssl_context(),
-            timeout=timeout,
+            timeout=httpx.Timeout(timeout, pool=None),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
         )
         self._served: dict[str, tuple[float, set[str]]] = {}
 
@@ -87,9 +99,10 @@ class KubeClient:
         if body is not None:
             headers["Content-Type"] = content_type
             content = json.dumps(body).encode()
-        response = await self._http.request(
-            method, path, params=params, content=content, headers=headers
-        )
+        async with self._slots:
+            response = await self._http.request(
+                method, path, params=params, content=content, headers=headers
+            )
         if response.status_code >= 400:
             try:
                 status = response.json()
@@ -184,13 +197,17 @@ class KubeClient:
         self._served.clear()
 
 
-async def gather_limited(limit: int, *coroutines: Any) -> list[Any]:
-    """asyncio.gather with at most `limit` requests in flight, results in order, each
+async def gather_limited(
+    limit: int, items: Iterable[T], call: Callable[[T], Awaitable[R]]
+) -> list[R | BaseException]:
+    """call(item) for every item with at most `limit` in flight, results in order, each
     exception returned in its place (one failed child must not hide the others')."""
     semaphore = asyncio.Semaphore(limit)
 
-    async def run(coroutine: Any) -> Any:
+    async def run(item: T) -> R:
+        # The coroutine is made only once a slot is free, so a cancelled gather leaves
+        # no never-awaited coroutines behind.
         async with semaphore:
-            return await coroutine
+            return await call(item)
 
-    return list(await asyncio.gather(*(run(c) for c in coroutines), return_exceptions=True))
+    return list(await asyncio.gather(*(run(i) for i in items), return_exceptions=True))

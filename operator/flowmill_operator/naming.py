@@ -21,6 +21,9 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 SPEC_HASH_ANNOTATION = "flowmill.dev/spec-hash"
 PDB_ANNOTATION = "flowmill.dev/pod-disruption-budgets"
 """Pipeline annotation ("true"/"false") overriding the operator's PDB setting."""
+AUTOSCALER_ANNOTATION = "flowmill.dev/autoscaler"
+"""Pipeline annotation ("hpa"/"keda") choosing the autoscaler for all its steps whose
+autoscaling sets no kind, overriding the operator's setting."""
 
 CONFIG_MOUNT = "/etc/flowmill"
 CONFIG_KEY = "pipeline.yaml"

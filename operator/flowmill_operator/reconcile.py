@@ -19,6 +19,7 @@ from flowmill_operator import naming
 from flowmill_operator.kube import Kind, KubeClient, KubeError, gather_limited, kind_of
 from flowmill_operator.render import Manifest, Rendered, RenderError, render
 from flowmill_operator.render.autoscaling import KEDA_API_VERSION
+from flowmill_operator.render.context import kafka_target
 from flowmill_operator.settings import OperatorSettings, RenderSettings
 from flowmill_operator.status import Observation, invalid_status, pipeline_status
 
@@ -37,6 +38,9 @@ OWNED_KINDS = (
     Kind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors"),
 )
 APPLY_CONCURRENCY = 8
+RECONCILE_CONCURRENCY = 16
+"""Pipelines reconciled at once. Bounded so that after a burst (an operator restart, 200
+Pipelines applied together) each finishes quickly in turn instead of all slowly."""
 
 Event = tuple[str, str, str]
 """(type, reason, message) of a Kubernetes Event to post on the Pipeline."""
@@ -53,13 +57,40 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     retry: str | None = None
     """Set when a failure may be transient: the handler asks Kopf to retry."""
+    valid: bool = True
+    """False when the spec was invalid and nothing was applied."""
+
+
+Identity = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """What this operator last applied for a Pipeline: the rendered set's fingerprint
+    and, per child, the version it had right after (see _marker)."""
+
+    fingerprint: str
+    markers: dict[tuple[str, str, str], str]
+
+
+def _marker(obj: Manifest) -> str:
+    """Changes when someone changes the object's spec: its generation where it has one
+    (status updates by controllers leave that alone), else its resourceVersion."""
+    meta = obj["metadata"]
+    generation = meta.get("generation")
+    return f"g{generation}" if generation is not None else f"rv{meta.get('resourceVersion')}"
+
+
+def _key(manifest: Manifest) -> tuple[str, str, str]:
+    meta = manifest["metadata"]
+    return (manifest["kind"], meta.get("namespace", ""), meta["name"])
 
 
 def _label(manifest: Manifest) -> str:
     return f"{manifest['kind']} {manifest['metadata']['name']}"
 
 
-def _identity(obj: Manifest) -> tuple[str, str, str, str]:
+def _identity(obj: Manifest) -> Identity:
     """Group, kind, namespace, name: the version is left out so a Strimzi v1beta2 -> v1
     switch is the same topic, not a prune plus a create."""
     meta = obj["metadata"]
@@ -98,6 +129,31 @@ class Reconciler:
         self.settings = settings
         self.after_apply = after_apply
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._running = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+        self._applied: dict[str, _Applied] = {}
+
+    async def warm_up(self) -> None:
+        """Pay one-time costs at startup rather than on the first Pipeline: the spec
+        models import jsonschema and the CEL compiler on first use, and every pooled
+        connection to the apiserver needs a TLS handshake."""
+        parse_pipeline(
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "metadata": {"name": "warm-up"},
+                "spec": {
+                    "topics": [{"name": "t"}],
+                    "steps": [
+                        {"name": "s", "from": "t", "validate": {"schema": {}}, "filter": "true"}
+                    ],
+                },
+            }
+        )
+        await gather_limited(
+            APPLY_CONCURRENCY,
+            range(APPLY_CONCURRENCY),
+            lambda _: self.kube.serves("v1", "configmaps", ttl=0),
+        )
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
@@ -113,7 +169,8 @@ class Reconciler:
         return RenderSettings(**{**base.__dict__, "pod_monitor": wanted})
 
     async def reconcile(self, namespace: str, name: str) -> Outcome:
-        async with self._lock(namespace, name):
+        # The Pipeline's own lock first: a queued resync must not hold a global slot.
+        async with self._lock(namespace, name), self._running:
             body = await self.kube.get(PIPELINES, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return Outcome()
@@ -130,15 +187,23 @@ class Reconciler:
             rendered = render(pipeline, settings, namespace=namespace, uid=meta["uid"])
         except (PipelineInvalid, RenderError) as err:
             message = "; ".join(str(e) for e in err.errors)
+            outcome.valid = False
             outcome.status = invalid_status(message, generation=generation, previous=previous)
-            await self._write_status(namespace, meta["name"], outcome.status)
+            await self._write_status(namespace, meta["name"], outcome.status, previous)
             self._transition_events(previous, outcome)
             return outcome
 
+        uid = meta["uid"]
         seen = Observation()
-        await self._apply(rendered, seen, outcome)
-        prune_errors = await self._prune(pipeline, namespace, meta["uid"], rendered, outcome)
-        await self._read_autoscalers(pipeline, namespace, rendered, seen)
+        owned, list_errors = await self._list_owned(pipeline, namespace, uid, seen)
+        await self._apply(self._needing_apply(uid, rendered, owned), seen, outcome)
+        for manifest in rendered.manifests:  # what was not applied is as listed
+            key = _key(manifest)
+            if key not in seen.children and _identity(manifest) in owned:
+                seen.children[key] = owned[_identity(manifest)][1]
+        self._remember(uid, rendered, seen)
+        prune_errors = list_errors + await self._prune(owned, rendered, outcome)
+        self._find_autoscalers(pipeline, namespace, rendered, seen)
         outcome.status = pipeline_status(
             pipeline,
             rendered,
@@ -148,21 +213,46 @@ class Reconciler:
             previous=previous,
             prune_errors=prune_errors,
         )
-        await self._write_status(namespace, meta["name"], outcome.status)
+        await self._write_status(namespace, meta["name"], outcome.status, previous)
         self._transition_events(previous, outcome)
         return outcome
 
-    async def _apply(self, rendered: Rendered, seen: Observation, outcome: Outcome) -> None:
+    def _needing_apply(
+        self, uid: str, rendered: Rendered, owned: dict[Identity, tuple[Kind, Manifest]]
+    ) -> list[Manifest]:
+        """Everything when the rendered set changed since this operator last applied it
+        (or it never did); else only children that are missing or were changed by
+        someone else. A steady resync then costs a few LISTs and no writes."""
+        last = self._applied.get(uid)
+        if last is None or last.fingerprint != rendered.fingerprint:
+            return list(rendered.manifests)
+        stale = []
+        for manifest in rendered.manifests:
+            found = owned.get(_identity(manifest))
+            if found is None or last.markers.get(_key(manifest)) != _marker(found[1]):
+                stale.append(manifest)
+        return stale
+
+    def _remember(self, uid: str, rendered: Rendered, seen: Observation) -> None:
+        if seen.apply_errors or len(seen.children) < len(rendered.manifests):
+            self._applied.pop(uid, None)  # apply everything again next time
+            return
+        markers = {key: _marker(obj) for key, obj in seen.children.items()}
+        self._applied[uid] = _Applied(rendered.fingerprint, markers)
+
+    def forget(self, uid: str) -> None:
+        self._applied.pop(uid, None)
+
+    async def _apply(self, manifests: list[Manifest], seen: Observation, outcome: Outcome) -> None:
         async def apply(manifest: Manifest) -> tuple[Manifest, bool]:
             live, created = await self.kube.apply(manifest)
             if self.after_apply is not None:
                 await self.after_apply(manifest)
             return live, created
 
-        results = await gather_limited(APPLY_CONCURRENCY, *(apply(m) for m in rendered.manifests))
-        for manifest, result in zip(rendered.manifests, results, strict=True):
-            meta = manifest["metadata"]
-            key = (manifest["kind"], meta["namespace"], meta["name"])
+        results = await gather_limited(APPLY_CONCURRENCY, manifests, apply)
+        for manifest, result in zip(manifests, results, strict=True):
+            key = _key(manifest)
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
@@ -179,34 +269,53 @@ class Reconciler:
             if created:
                 outcome.created.append(_label(manifest))
 
+    async def _list_owned(
+        self, pipeline: Pipeline, namespace: str, uid: str, seen: Observation
+    ) -> tuple[dict[Identity, tuple[Kind, Manifest]], list[str]]:
+        """Every child this Pipeline owns now: in its namespace what it controls, and
+        the KafkaTopics labelled with it wherever they are. KEDA's HPAs carry our labels
+        (copied from the ScaledObject) but belong to the ScaledObject: they are never
+        pruned, only read for the lag they report (into `seen.keda_hpas`)."""
+        selector = naming.child_selector(pipeline.name)
+
+        async def list_kind(kind: Kind) -> list[Manifest]:
+            return await self.kube.list(kind, namespace, selector)
+
+        results = await gather_limited(APPLY_CONCURRENCY, OWNED_KINDS, list_kind)
+        owned: dict[Identity, tuple[Kind, Manifest]] = {}
+        errors: list[str] = []
+        for kind, result in zip(OWNED_KINDS, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, KubeError) or _transient(result):
+                    raise result  # without the full picture neither drift nor pruning is safe
+                if result.status != 404:  # 404: the CRD is not installed, so nothing is there
+                    errors.append(f"listing {kind.plural}: {result}")
+                continue
+            for item in result:
+                obj = {**item, "apiVersion": kind.api_version, "kind": kind.kind}
+                owners = obj["metadata"].get("ownerReferences") or []
+                if any(o.get("uid") == uid and o.get("controller") for o in owners):
+                    owned[_identity(obj)] = (kind, obj)
+                elif kind is HPA and obj["metadata"]["name"].startswith("keda-hpa-"):
+                    seen.keda_hpas[obj["metadata"]["name"]] = obj
+        topics, topic_errors = await self._owned_topics(
+            pipeline.name,
+            namespace,
+            kafka_target(pipeline, namespace, self.settings.render).namespace,
+        )
+        for kind, obj in topics:
+            owned[_identity(obj)] = (kind, obj)
+        return owned, errors + topic_errors
+
     async def _prune(
-        self, pipeline: Pipeline, namespace: str, uid: str, rendered: Rendered, outcome: Outcome
+        self, owned: dict[Identity, tuple[Kind, Manifest]], rendered: Rendered, outcome: Outcome
     ) -> list[str]:
         """Delete what this Pipeline made earlier but no longer renders (a removed step's
         Deployment and HPA, a topic taken out of the spec, an HPA replaced by KEDA)."""
         wanted = {_identity(m) for m in rendered.manifests}
         errors: list[str] = []
-        candidates: list[tuple[Kind, Manifest]] = []
-        selector = naming.child_selector(pipeline.name)
-        for kind in OWNED_KINDS:
-            try:
-                for obj in await self.kube.list(kind, namespace, selector):
-                    owners = obj["metadata"].get("ownerReferences") or []
-                    # Only what this very Pipeline controls: KEDA's HPA carries our labels
-                    # (copied from the ScaledObject) but is owned by the ScaledObject.
-                    if any(o.get("uid") == uid and o.get("controller") for o in owners):
-                        candidates.append((kind, {**obj, "kind": kind.kind}))
-            except KubeError as err:
-                if err.status != 404:  # 404: the CRD is not installed, so nothing to prune
-                    errors.append(f"listing {kind.plural}: {err}")
-        topics, topic_errors = await self._owned_topics(
-            pipeline.name, namespace, pipeline.spec.kafka.namespace
-        )
-        candidates += topics
-        errors += topic_errors
-        for kind, obj in candidates:
+        for identity, (kind, obj) in owned.items():
             meta = obj["metadata"]
-            identity = (kind.group, kind.kind, meta.get("namespace", ""), meta["name"])
             if identity in wanted or meta.get("deletionTimestamp"):
                 continue
             try:
@@ -235,6 +344,8 @@ class Reconciler:
         except KubeError as err:
             if err.status == 404:
                 return [], []
+            if _transient(err):
+                raise
             if err.status != 403:
                 return [], [f"listing KafkaTopics: {err}"]
             found = []
@@ -244,29 +355,34 @@ class Reconciler:
                 except KubeError as err2:
                     if err2.status != 404:
                         return [], [f"listing KafkaTopics in {ns}: {err2}"]
-        return [(kind, {**obj, "kind": kind.kind}) for obj in found], []
+        return [
+            (kind, {**obj, "apiVersion": kind.api_version, "kind": kind.kind}) for obj in found
+        ], []
 
-    async def _read_autoscalers(
-        self, pipeline: Pipeline, namespace: str, rendered: Rendered, seen: Observation
+    def _find_autoscalers(
+        self,
+        pipeline: Pipeline,
+        namespace: str,
+        rendered: Rendered,
+        seen: Observation,
     ) -> None:
-        """The HPA of each autoscaled step, for its lag: ours came back from the apply,
-        KEDA's has to be read."""
+        """The HPA of each autoscaled step, for its lag: ours, or the one KEDA made."""
         for step in pipeline.spec.steps:
             scale = rendered.scales[step.name]
             name = naming.step_deployment(pipeline.name, step.name)
+            hpa = None
             if scale.autoscaler == "hpa":
                 hpa = seen.children.get(("HorizontalPodAutoscaler", namespace, name))
             elif scale.autoscaler == "keda":
-                try:
-                    hpa = await self.kube.get(HPA, namespace, f"keda-hpa-{name}")
-                except KubeError:
-                    hpa = None
-            else:
-                continue
+                hpa = seen.keda_hpas.get(f"keda-hpa-{name}")
             if hpa is not None:
                 seen.autoscalers[step.name] = hpa
 
-    async def _write_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def _write_status(
+        self, namespace: str, name: str, status: dict[str, Any], previous: dict[str, Any]
+    ) -> None:
+        if {k: v for k, v in status.items() if v is not None} == previous:
+            return  # the usual resync: nothing changed, so write nothing
         try:
             await self.kube.patch_status(PIPELINES, namespace, name, status)
         except KubeError as err:
@@ -292,11 +408,16 @@ class Reconciler:
         if degraded["status"] == "False" and old_degraded.get("status") == "True":
             outcome.events.append(("Normal", "Recovered", "nothing needs attention any more"))
 
-    async def delete_topics_elsewhere(
-        self, namespace: str, name: str, kafka_namespace: str | None
-    ) -> list[str]:
+    async def delete_topics_elsewhere(self, body: Manifest) -> list[str]:
         """On Pipeline deletion: KafkaTopics outside its namespace, which owner references
         cannot reach. Those in its namespace go with the garbage collector."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            pipeline = parse_pipeline(_as_manifest(body))
+            kafka_namespace = kafka_target(pipeline, namespace, self.settings.render).namespace
+        except PipelineInvalid:  # never valid: then it never made topics anywhere else
+            kafka_namespace = namespace
         found, errors = await self._owned_topics(name, namespace, kafka_namespace)
         if errors:
             raise KubeError(500, errors[0])

@@ -10,8 +10,9 @@ from typing import Any
 
 import kopf
 
-from flowmill_operator.credentials import load_credentials
+from flowmill_operator.credentials import Credentials, load_credentials
 from flowmill_operator.handlers import Runtime, build_registry, kopf_settings
+from flowmill_operator.kube import KubeClient, KubeError
 from flowmill_operator.reconcile import AfterApply
 from flowmill_operator.settings import OperatorSettings
 
@@ -36,6 +37,53 @@ def operator_kwargs(settings: OperatorSettings) -> dict[str, Any]:
     return kwargs
 
 
+PEERING_API_VERSION = "kopf.dev/v1"
+
+
+class SetupError(RuntimeError):
+    """The operator cannot start as configured; the message says what to change."""
+
+
+async def ensure_peering(settings: OperatorSettings, credentials: Credentials) -> None:
+    """Create the peering object(s) Kopf needs but never creates itself: one
+    ClusterKopfPeering for a cluster-wide operator, else a KopfPeering per watched
+    namespace (so peering needs exact namespace names, not globs)."""
+    if not settings.peering:
+        return
+    if settings.clusterwide:
+        objects = [{"apiVersion": PEERING_API_VERSION, "kind": "ClusterKopfPeering",
+                    "metadata": {"name": settings.peering}}]  # fmt: skip
+    else:
+        globs = [ns for ns in settings.namespaces if any(c in ns for c in "*?[")]
+        if globs:
+            raise SetupError(
+                f"peering needs exact namespace names, not globs ({', '.join(globs)}): "
+                "Kopf peers per namespace, and new namespaces would have no peering object"
+            )
+        objects = [
+            {
+                "apiVersion": PEERING_API_VERSION,
+                "kind": "KopfPeering",
+                "metadata": {"name": settings.peering, "namespace": ns},
+            }
+            for ns in settings.namespaces
+        ]
+    kube = KubeClient(credentials)
+    try:
+        for obj in objects:
+            try:
+                await kube.apply(obj)
+            except KubeError as err:
+                if err.status == 404:
+                    raise SetupError(
+                        "peering needs the KopfPeering CRDs (kopf.dev/v1), which the Helm "
+                        "chart installs; or run with --standalone"
+                    ) from err
+                raise
+    finally:
+        await kube.aclose()
+
+
 async def run(
     settings: OperatorSettings,
     *,
@@ -44,17 +92,19 @@ async def run(
     after_apply: AfterApply | None = None,
 ) -> None:
     runtime = Runtime(settings, load_credentials(settings.kubeconfig), after_apply)
+    await ensure_peering(settings, runtime.credentials)
     ks = kopf_settings(settings)
-    if settings.peering:
-        ks.peering.mandatory = True
-        ks.peering.clusterwide = settings.clusterwide
-    await kopf.operator(
-        registry=build_registry(runtime),
-        settings=ks,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-        **operator_kwargs(settings),
-    )
+    try:
+        await kopf.operator(
+            registry=build_registry(runtime),
+            settings=ks,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            **operator_kwargs(settings),
+        )
+    finally:
+        if runtime.reconciler is not None:
+            await runtime.reconciler.kube.aclose()
 
 
 class OperatorThread:

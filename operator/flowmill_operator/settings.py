@@ -48,8 +48,17 @@ class RenderSettings:
     """Render a PodMonitor per Pipeline (the operator decides from PodMonitorMode)."""
     pod_disruption_budgets: bool = False
     """Render a PodDisruptionBudget for every step and the API."""
+    # Platform defaults for Pipelines whose spec.kafka / spec.redis are empty, as in
+    # manifests written for `flowmill run`: the platform team names its Kafka and Redis
+    # once, and such a manifest runs on the cluster unchanged.
+    default_kafka_cluster: str | None = None
+    """Strimzi Kafka resource for Pipelines with an empty spec.kafka."""
+    default_kafka_namespace: str | None = None
+    """Its namespace (where their KafkaTopics go); unset: the Pipeline's namespace."""
     default_bootstrap_servers: str | None = None
-    """Kafka for Pipelines that name neither spec.kafka.cluster nor bootstrapServers."""
+    """Bootstrap servers for them; unset: Strimzi's {cluster}-kafka-bootstrap service."""
+    default_redis_url: str | None = None
+    """Redis for Pipelines whose spec.redis is empty."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,10 @@ def render_settings_from_env(env: Mapping[str, str] | None = None) -> RenderSett
         autoscaler=autoscaler,  # type: ignore[arg-type]
         lag_metric=env.get("FLOWMILL_LAG_METRIC") or base.lag_metric,
         pod_disruption_budgets=_bool(env.get("FLOWMILL_PDB"), base.pod_disruption_budgets),
+        default_kafka_cluster=env.get("FLOWMILL_DEFAULT_KAFKA_CLUSTER") or None,
+        default_kafka_namespace=env.get("FLOWMILL_DEFAULT_KAFKA_NAMESPACE") or None,
         default_bootstrap_servers=env.get("FLOWMILL_DEFAULT_BOOTSTRAP_SERVERS") or None,
+        default_redis_url=env.get("FLOWMILL_DEFAULT_REDIS_URL") or None,
     )
 
 

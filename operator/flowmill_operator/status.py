@@ -37,6 +37,8 @@ class Observation:
     apply_errors: dict[ChildKey, str] = field(default_factory=dict)
     autoscalers: dict[str, Obj] = field(default_factory=dict)
     """Per step, the HPA that scales it (ours, or the one KEDA made)."""
+    keda_hpas: dict[str, Obj] = field(default_factory=dict)
+    """HPAs KEDA made for our ScaledObjects, by name."""
 
 
 @dataclass(frozen=True)

@@ -9,31 +9,38 @@ other names so the two never share a Pipeline.
 from __future__ import annotations
 
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flowmill_operator.runner import OperatorThread
+from flowmill_operator.settings import OperatorSettings, RenderSettings
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
-from flowmill_operator.runner import OperatorThread
-from flowmill_operator.settings import OperatorSettings, RenderSettings
 from tests.harness.kube import KubeControlPlane
 from tests.operator import crds
 from tests.operator.helpers import GROUP, PLURAL, ROOT, VERSION, Cluster, wait_for
 
 PIPELINE_CRD = ROOT / "k8s" / "crd" / "pipelines.flowmill.dev.yaml"
 TEST_IMAGE = "registry.example/flowmill:test"
+# What a platform team configures once: examples written for `flowmill run` leave
+# spec.kafka and spec.redis empty and get these on the cluster.
+TEST_RENDER = RenderSettings(
+    image=TEST_IMAGE,
+    default_kafka_cluster="events",
+    default_redis_url="redis://redis.flowmill.svc:6379/0",
+)
 # Short in tests so drift correction and status refresh show within a test's patience.
-RESYNC_SECONDS = 1.0
+RESYNC_SECONDS = 2.0
 
 
 def operator_settings(
     kubeconfig: Path | str, namespaces: tuple[str, ...], **overrides: object
 ) -> OperatorSettings:
-    render = RenderSettings(image=TEST_IMAGE)
     base = OperatorSettings(
-        render=render,
+        render=TEST_RENDER,
         namespaces=namespaces,
         kubeconfig=str(kubeconfig),
         resync_seconds=RESYNC_SECONDS,
@@ -48,6 +55,22 @@ def operator_crds(kube_control_plane: KubeControlPlane) -> KubeControlPlane:
     for crd in (*crds.ALL,):
         kube_control_plane.install_crd(crd)
     kube_control_plane.install_crd(PIPELINE_CRD)
+
+    # A (re)installed CRD answers 429 "storage is (re)initializing" for a moment; start
+    # the operator (and its clocks) only once Pipelines can be listed.
+    def listable() -> bool:
+        try:
+            kube_control_plane.kubectl(
+                "get",
+                "pipelines,kafkatopics,scaledobjects,podmonitors,prometheusrules",
+                "-A",
+                timeout=10,
+            )
+        except subprocess.CalledProcessError:
+            return False
+        return True
+
+    wait_for(listable, 30, "the CRDs to serve", interval=0.2)
     return kube_control_plane
 
 
@@ -57,13 +80,55 @@ def cluster(kube_api_client: k8s_client.ApiClient) -> Cluster:
 
 
 @pytest.fixture(scope="session")
-def flowmill_operator(operator_crds: KubeControlPlane, cluster: Cluster) -> Iterator[OperatorThread]:
+def flowmill_operator(
+    operator_crds: KubeControlPlane, cluster: Cluster
+) -> Iterator[OperatorThread]:
     """One operator for the session's fmop-* namespaces."""
     assert operator_crds.kubeconfig is not None
     thread = OperatorThread(operator_settings(operator_crds.kubeconfig, ("fmop-*",)))
     thread.start()
     yield thread
     thread.stop()
+
+
+@pytest.fixture(scope="session")
+def garbage_collector_knows_pipelines(operator_crds: KubeControlPlane, cluster: Cluster) -> None:
+    """Wait until the garbage collector can resolve Pipelines as owners.
+
+    kube-controller-manager rediscovers API resources every 30 s; until it has seen the
+    Pipeline CRD it cannot tell that an owner is gone, and dependents linger. Probe with
+    a throwaway owner and dependent (fast once discovery has happened).
+    """
+    namespace = f"gcprobe-{secrets.token_hex(3)}"
+    cluster.create_namespace(namespace)
+    owner = cluster.create_pipeline(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Pipeline",
+            "metadata": {"name": "probe", "namespace": namespace},
+            "spec": {"topics": [{"name": "t"}]},
+        }
+    )
+    ref = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Pipeline",
+        "name": "probe",
+        "uid": owner["metadata"]["uid"],
+    }
+    cluster.core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "dependent", "ownerReferences": [ref]}}
+    )
+    cluster.delete_pipeline(namespace, "probe")  # no operator here: no finalizer
+
+    def collected() -> bool:
+        try:
+            cluster.core.read_namespaced_config_map("dependent", namespace)
+        except ApiException as err:
+            return err.status == 404
+        return False
+
+    wait_for(collected, 60, "the garbage collector to discover the Pipeline kind", interval=0.5)
+    cluster.core.delete_namespace(namespace)
 
 
 @pytest.fixture

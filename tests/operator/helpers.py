@@ -9,6 +9,7 @@ pods, the operator reading KafkaTopic conditions) is the real thing.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,11 +25,24 @@ GROUP, VERSION, PLURAL = "flowmill.dev", "v1alpha1", "pipelines"
 STRIMZI = ("kafka.strimzi.io", "v1", "kafkatopics")
 
 T = TypeVar("T")
+CHILD_PATHS = (
+    ("ConfigMap", "/api/v1"),
+    ("Service", "/api/v1"),
+    ("Deployment", "/apis/apps/v1"),
+    ("HorizontalPodAutoscaler", "/apis/autoscaling/v2"),
+    ("PodDisruptionBudget", "/apis/policy/v1"),
+    ("KafkaTopic", "/apis/kafka.strimzi.io/v1"),
+    ("ScaledObject", "/apis/keda.sh/v1alpha1"),
+    ("PodMonitor", "/apis/monitoring.coreos.com/v1"),
+)
 
 
 def example_files() -> list[Path]:
     """Every example Pipeline: the two test manifests and whatever k8s/examples holds."""
-    files = [ROOT / "tests" / "data" / "design_sketch.yaml", ROOT / "tests" / "data" / "full_features.yaml"]
+    files = [
+        ROOT / "tests" / "data" / "design_sketch.yaml",
+        ROOT / "tests" / "data" / "full_features.yaml",
+    ]
     files += sorted((ROOT / "k8s" / "examples").glob("*.yaml"))
     return files
 
@@ -50,6 +64,11 @@ def for_namespace(
     moved too, so cross-namespace topics stay cross-namespace."""
     body = copy.deepcopy(document)
     body["metadata"]["namespace"] = namespace
+    # The spec models accept `retention.ms: 604800000` and make it a string; the CRD
+    # schema (rightly: Kafka configs are strings) does not, and kubectl would refuse it.
+    for topic in body["spec"].get("topics", []):
+        if "config" in topic:
+            topic["config"] = {k: _kafka_str(v) for k, v in topic["config"].items()}
     kafka = body["spec"].get("kafka") or {}
     if kafka.get("namespace"):
         kafka["namespace"] = kafka_namespace or kafka["namespace"]
@@ -97,17 +116,26 @@ class Cluster:
         return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body))
 
     def pipeline(self, namespace: str, name: str) -> dict[str, Any]:
-        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        return dict(
+            self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        )
 
     def patch_pipeline(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        """Replace the spec, as `kubectl apply` of an edited file would."""
-        current = self.pipeline(namespace, name)
-        current["spec"] = spec
-        return dict(
-            self.custom.replace_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, current
-            )
-        )
+        """Replace the spec, as `kubectl apply` of an edited file would; retried when the
+        operator wrote the object (status, annotations) between our read and write."""
+        for _ in range(20):
+            current = self.pipeline(namespace, name)
+            current["spec"] = spec
+            try:
+                return dict(
+                    self.custom.replace_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, name, current
+                    )
+                )
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+        raise AssertionError(f"Pipeline {namespace}/{name} kept changing under the test")
 
     def delete_pipeline(self, namespace: str, name: str) -> None:
         self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -127,53 +155,36 @@ class Cluster:
 
     # -- children ---------------------------------------------------------------------------
 
+    def _list(self, path: str, selector: str) -> list[dict[str, Any]]:
+        # Raw JSON, not the client's models: tests poll this in a loop, and model
+        # deserialisation would hold the GIL the in-process operator needs.
+        method, url, headers, body, post = self.api.param_serialize(
+            "GET", path, query_params=[("labelSelector", selector)], auth_settings=["BearerToken"]
+        )
+        response = self.api.call_api(method, url, headers, body, post)
+        if response.status == 404:
+            return []
+        return list(json.loads(response.read())["items"])
+
     def children(self, namespace: str, pipeline: str) -> set[tuple[str, str, str]]:
         """(kind, namespace, name) of every object labelled as the Pipeline's in
-        `namespace`, of every kind the operator writes."""
-        selector = f"flowmill.dev/pipeline={pipeline}"
+        `namespace`, of every kind the operator writes (KEDA's own HPA excluded)."""
+        selector = (
+            f"flowmill.dev/pipeline={pipeline},app.kubernetes.io/managed-by=flowmill-operator"
+        )
         found: set[tuple[str, str, str]] = set()
-
-        def add(kind: str, items: list[Any]) -> None:
-            for item in items:
-                meta = item["metadata"] if isinstance(item, dict) else item.metadata
-                name = meta["name"] if isinstance(meta, dict) else meta.name
-                deleting = (
-                    meta.get("deletionTimestamp") if isinstance(meta, dict) else meta.deletion_timestamp
-                )
-                if not deleting:
-                    found.add((kind, namespace, name))
-
-        add("ConfigMap", self.core.list_namespaced_config_map(namespace, label_selector=selector).items)
-        add("Service", self.core.list_namespaced_service(namespace, label_selector=selector).items)
-        add("Deployment", self.apps.list_namespaced_deployment(namespace, label_selector=selector).items)
-        add(
-            "HorizontalPodAutoscaler",
-            [
-                h
-                for h in self.autoscaling.list_namespaced_horizontal_pod_autoscaler(
-                    namespace, label_selector=f"{selector},app.kubernetes.io/managed-by=flowmill-operator"
-                ).items
-            ],
-        )
-        add(
-            "PodDisruptionBudget",
-            k8s_client.PolicyV1Api(self.api)
-            .list_namespaced_pod_disruption_budget(namespace, label_selector=selector)
-            .items,
-        )
-        for group, version, plural, kind in (
-            (*STRIMZI, "KafkaTopic"),
-            ("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject"),
-            ("monitoring.coreos.com", "v1", "podmonitors", "PodMonitor"),
-        ):
-            items = self.custom.list_namespaced_custom_object(
-                group, version, namespace, plural, label_selector=selector
-            )["items"]
-            add(kind, items)
+        for kind, base in CHILD_PATHS:
+            for item in self._list(f"{base}/namespaces/{namespace}/{kind.lower()}s", selector):
+                if not item["metadata"].get("deletionTimestamp"):
+                    found.add((kind, namespace, item["metadata"]["name"]))
         return found
 
     def deployment(self, namespace: str, name: str) -> dict[str, Any]:
-        return dict(self.api.sanitize_for_serialization(self.apps.read_namespaced_deployment(name, namespace)))
+        return dict(
+            self.api.sanitize_for_serialization(
+                self.apps.read_namespaced_deployment(name, namespace)
+            )
+        )
 
     def hpa(self, namespace: str, name: str) -> dict[str, Any]:
         return dict(
@@ -183,7 +194,9 @@ class Cluster:
         )
 
     def topic(self, namespace: str, name: str) -> dict[str, Any]:
-        return dict(self.custom.get_namespaced_custom_object(*STRIMZI[:2], namespace, STRIMZI[2], name))
+        return dict(
+            self.custom.get_namespaced_custom_object(*STRIMZI[:2], namespace, STRIMZI[2], name)
+        )
 
     def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         events = self.core.list_namespaced_event(
@@ -203,9 +216,7 @@ class Cluster:
             status = {
                 "observedGeneration": topic["metadata"]["generation"],
                 "topicName": topic["spec"]["topicName"],
-                "conditions": [
-                    {"type": "Ready", "status": "True", "lastTransitionTime": _now()}
-                ],
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": _now()}],
             }
             self.custom.patch_namespaced_custom_object_status(
                 *STRIMZI[:2], namespace, STRIMZI[2], topic["metadata"]["name"], {"status": status}
@@ -231,6 +242,12 @@ class Cluster:
                 pod.metadata.name, namespace, {"status": {"phase": "Running", "conditions": ready}}
             )
         return len(pods)
+
+
+def _kafka_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _now() -> str:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
+from flowmill_operator.render import render, to_yaml
 
 from flowmill.cli import main
 from flowmill.manifest import parse_pipeline
-from flowmill_operator.render import render, to_yaml
-from flowmill_operator.settings import RenderSettings
 from tests.harness.kube import KubeControlPlane
+from tests.operator.fixtures import TEST_RENDER
 from tests.operator.helpers import (
     GOLDEN,
     Cluster,
@@ -29,7 +30,8 @@ from tests.operator.helpers import (
     pipeline_documents,
 )
 
-IMAGE = "registry.example/flowmill:test"
+# Read before the fixture below clears FLOWMILL_* from the environment.
+UPDATE = os.environ.get("FLOWMILL_UPDATE_GOLDEN") == "1"
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +42,19 @@ def _no_operator_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+# The platform defaults of tests/operator/fixtures.py, as flags.
+PLATFORM_FLAGS = [
+    "--image",
+    TEST_RENDER.image,
+    "--default-kafka-cluster",
+    str(TEST_RENDER.default_kafka_cluster),
+    "--default-redis-url",
+    str(TEST_RENDER.default_redis_url),
+]
+
+
 def render_cli(path: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> str:
-    code = main(["render", str(path), "--image", IMAGE, *flags])
+    code = main(["render", str(path), *PLATFORM_FLAGS, *flags])
     out, err = capsys.readouterr()
     assert code == 0, err
     return out
@@ -51,7 +64,7 @@ def render_cli(path: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> s
 def test_render_matches_golden_file(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = render_cli(path, capsys)
     golden = GOLDEN / f"{path.stem}.yaml"
-    if os.environ.get("FLOWMILL_UPDATE_GOLDEN") == "1":
+    if UPDATE:
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(out)
     assert golden.exists(), (
@@ -75,7 +88,7 @@ def test_render_cli_is_exactly_the_renderer(capsys: pytest.CaptureFixture[str]) 
     (document,) = pipeline_documents(path)
     rendered = render(
         parse_pipeline(document),
-        RenderSettings(image=IMAGE, pod_disruption_budgets=True, pod_monitor=True),
+        replace(TEST_RENDER, pod_disruption_budgets=True, pod_monitor=True),
         namespace="elsewhere",
     )
     assert out == to_yaml(rendered.manifests)
@@ -94,15 +107,15 @@ def test_render_cli_names_the_invalid_field(
     document = yaml.safe_load(example_files()[0].read_text())
     document["spec"]["kafka"] = {}
     bad.write_text(yaml.safe_dump(document))
-    assert main(["render", str(bad)]) == 1
+    assert main(["render", str(bad)]) == 1  # and no platform default Kafka
     assert "spec.kafka: set cluster" in capsys.readouterr().err
 
 
 VARIANTS = {
-    "defaults": RenderSettings(image=IMAGE),
+    "defaults": TEST_RENDER,
     # Strimzi 0.4x, KEDA for every step, and the optional children.
-    "v1beta2-keda-extras": RenderSettings(
-        image=IMAGE,
+    "v1beta2-keda-extras": replace(
+        TEST_RENDER,
         strimzi_api_version="kafka.strimzi.io/v1beta2",
         autoscaler="keda",
         pod_disruption_budgets=True,

@@ -10,19 +10,20 @@ from __future__ import annotations
 import copy
 import re
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client.rest import ApiException
-
-from flowmill.manifest import parse_pipeline
 from flowmill_operator import naming
 from flowmill_operator.render import Manifest, render
 from flowmill_operator.runner import OperatorThread
-from flowmill_operator.settings import RenderSettings
 from flowmill_operator.status import parse_quantity
+from kubernetes.client.rest import ApiException
+
+from flowmill.manifest import parse_pipeline
 from tests.harness.kube import KubeControlPlane
-from tests.operator.fixtures import TEST_IMAGE
+from tests.operator.fixtures import TEST_IMAGE, TEST_RENDER
 from tests.operator.helpers import (
     Cluster,
     example_files,
@@ -36,14 +37,10 @@ pytestmark = pytest.mark.kube
 SKETCH = example_files()[0]
 FULL = example_files()[1]
 # The session's CRDs include PodMonitor, so the operator (pod monitors: auto) adds one.
-EXPECTED_SETTINGS = RenderSettings(image=TEST_IMAGE, pod_monitor=True)
-CHILDREN_TIMEOUT = 10.0
+EXPECTED_SETTINGS = replace(TEST_RENDER, pod_monitor=True)
+CHILDREN_TIMEOUT = 15.0
 
-EXAMPLES = [
-    (path, document)
-    for path in example_files()
-    for document in pipeline_documents(path)
-]
+EXAMPLES = [(path, document) for path in example_files() for document in pipeline_documents(path)]
 
 
 def expected(body: dict[str, Any], uid: str | None = None) -> list[Manifest]:
@@ -87,7 +84,11 @@ def contains(want: Any, got: Any, path: str = "") -> list[str]:
     if isinstance(want, list):
         if not isinstance(got, list) or len(got) != len(want):
             return [f"{path}: expected {want!r}, got {got!r}"]
-        return [d for i, (w, g) in enumerate(zip(want, got, strict=True)) for d in contains(w, g, f"{path}[{i}]")]
+        return [
+            d
+            for i, (w, g) in enumerate(zip(want, got, strict=True))
+            for d in contains(w, g, f"{path}[{i}]")
+        ]
     if want == got:
         return []
     if isinstance(want, str) and isinstance(got, str):
@@ -104,7 +105,9 @@ def read(cluster: Cluster, manifest: Manifest) -> dict[str, Any]:
         "ConfigMap": lambda: cluster.core.read_namespaced_config_map(name, ns),
         "Service": lambda: cluster.core.read_namespaced_service(name, ns),
         "Deployment": lambda: cluster.apps.read_namespaced_deployment(name, ns),
-        "HorizontalPodAutoscaler": lambda: cluster.autoscaling.read_namespaced_horizontal_pod_autoscaler(name, ns),
+        "HorizontalPodAutoscaler": lambda: (
+            cluster.autoscaling.read_namespaced_horizontal_pod_autoscaler(name, ns)
+        ),
     }
     if kind in readers:
         return dict(cluster.api.sanitize_for_serialization(readers[kind]()))
@@ -147,8 +150,8 @@ def test_example_pipeline_gets_every_child_then_becomes_ready(
     body = for_namespace(document, op_namespace, kafka_ns)
     created, seconds = create_and_wait(cluster, body)
     record_property("children_seconds", round(seconds, 3))
-    print(f"\n[operator] {path.name}: Pipeline applied -> all children exist in {seconds:.2f}s")
-    assert seconds < 5, f"children took {seconds:.1f}s"
+    print(f"\n[operator] {path.name}: all children seen by the test after {seconds:.2f}s")
+    assert seconds < 10, f"children took {seconds:.1f}s"
 
     # Exactly the rendered children, with the rendered content and owner references.
     want = expected(body, uid=created["metadata"]["uid"])
@@ -187,6 +190,48 @@ def test_example_pipeline_gets_every_child_then_becomes_ready(
     assert {"Applied", "Ready"} <= reasons, reasons
 
 
+def test_children_exist_within_seconds(
+    operator_crds: KubeControlPlane, cluster: Cluster, record_property: Any
+) -> None:
+    """Pipeline applied -> all children exist, measured by the operator itself (when the
+    apiserver confirmed its last apply for the Pipeline), with production settings
+    (30 s resync), 10 Pipelines in a namespace it already watches.
+
+    The design's p99 <= 2 s is a benchmark target, and timed tests must not assert
+    benchmarks (other suites share these CPUs); this asserts "within seconds" and
+    reports the numbers (pytest --junitxml keeps them as properties).
+    """
+    import secrets
+
+    from tests.operator.fixtures import delete_pipelines, operator_settings
+
+    namespace = f"fmlat-{secrets.token_hex(4)}"
+    cluster.create_namespace(namespace)
+    done: dict[str, float] = {}
+
+    async def record(manifest: Manifest) -> None:
+        done[manifest["metadata"]["labels"][naming.PIPELINE_LABEL]] = time.monotonic()
+
+    assert operator_crds.kubeconfig is not None
+    settings = operator_settings(operator_crds.kubeconfig, (namespace,), resync_seconds=30.0)
+    timings = []
+    with OperatorThread(settings, after_apply=record):
+        for i in range(10):
+            body = for_namespace(_spec(SKETCH), namespace)
+            name = body["metadata"]["name"] = f"latency-{i}"
+            want = keys(expected(body))
+            started = time.monotonic()
+            cluster.create_pipeline(body)
+            wait_for(lambda: want <= live_children(cluster, body), 10, f"children of {name}")  # noqa: B023
+            timings.append(done[name] - started)
+        delete_pipelines(cluster, namespace)
+    print("\n[operator] Pipeline applied -> all children exist:", [round(t, 2) for t in timings])
+    timings.sort()
+    record_property("children_seconds_p50", round(timings[4], 3))
+    record_property("children_seconds_max", round(timings[-1], 3))
+    assert timings[-1] < 10.0, timings
+
+
 def _spec(path: Any) -> dict[str, Any]:
     (document,) = pipeline_documents(path)
     return document
@@ -200,7 +245,11 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
     before = cluster.deployment(op_namespace, step)
     hash_before = before["spec"]["template"]["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION]
     wait_for(
-        lambda: cluster.apps.list_namespaced_replica_set(op_namespace, label_selector=f"flowmill.dev/step=by-region").items,
+        lambda: (
+            cluster.apps.list_namespaced_replica_set(
+                op_namespace, label_selector="flowmill.dev/step=by-region"
+            ).items
+        ),
         10,
         "the first ReplicaSet",
     )
@@ -219,7 +268,13 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
     wait_for(lambda: cluster.deployment(op_namespace, hourly), 5, "the new step's Deployment")
     wait_for(lambda: cluster.hpa(op_namespace, hourly), 5, "the new step's HPA")
     topic = wait_for(
-        lambda: (t := cluster.topic(op_namespace, naming.kafka_topic_resource(name, "trips")))["spec"]["partitions"] == 12 and t,
+        lambda: (
+            (t := cluster.topic(op_namespace, naming.kafka_topic_resource(name, "trips")))["spec"][
+                "partitions"
+            ]
+            == 12
+            and t
+        ),
         5,
         "the KafkaTopic to get 12 partitions",
     )
@@ -230,25 +285,36 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
     hash_after = after["spec"]["template"]["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION]
     assert hash_after != hash_before
     config = cluster.core.read_namespaced_config_map(naming.config_map(name), op_namespace)
-    assert parse_pipeline(__import__("yaml").safe_load(config.data["pipeline.yaml"])).spec.steps[0].window.size == "2m"
+    assert (
+        parse_pipeline(__import__("yaml").safe_load(config.data["pipeline.yaml"]))
+        .spec.steps[0]
+        .window.size
+        == "2m"
+    )
     # The Deployment controller rolls a new ReplicaSet for the new template.
     wait_for(
-        lambda: len(
-            {
-                rs.metadata.labels["pod-template-hash"]
-                for rs in cluster.apps.list_namespaced_replica_set(
-                    op_namespace, label_selector="flowmill.dev/step=by-region"
-                ).items
-            }
-        )
-        == 2,
+        lambda: (
+            len(
+                {
+                    rs.metadata.labels["pod-template-hash"]
+                    for rs in cluster.apps.list_namespaced_replica_set(
+                        op_namespace, label_selector="flowmill.dev/step=by-region"
+                    ).items
+                }
+            )
+            == 2
+        ),
         10,
         "a second ReplicaSet for the changed pod template",
     )
 
     def reconciled() -> dict[str, Any] | None:
         status = cluster.pipeline(op_namespace, name).get("status") or {}
-        return status if status.get("observedGeneration") == 2 and len(status.get("steps", [])) == 2 else None
+        return (
+            status
+            if status.get("observedGeneration") == 2 and len(status.get("steps", [])) == 2
+            else None
+        )
 
     status = wait_for(reconciled, 5, "status of generation 2")
     by_step = {s["name"]: s for s in status["steps"]}
@@ -257,7 +323,9 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
     assert status["stepsReady"] == "0/2"
 
 
-def test_removing_a_step_removes_its_deployment_and_hpa(op_namespace: str, cluster: Cluster) -> None:
+def test_removing_a_step_removes_its_deployment_and_hpa(
+    op_namespace: str, cluster: Cluster
+) -> None:
     body = for_namespace(_spec(SKETCH), op_namespace)
     name = body["metadata"]["name"]
     extra = copy.deepcopy(body["spec"]["steps"][0])
@@ -278,34 +346,14 @@ def test_removing_a_step_removes_its_deployment_and_hpa(op_namespace: str, clust
     first = naming.step_deployment(name, "by-region")
     assert ("ScaledObject", op_namespace, first) in want
     assert ("HorizontalPodAutoscaler", op_namespace, first) not in live_children(cluster, body)
-    pruned = [e for e in cluster.events(op_namespace, name) if e["reason"] == "Pruned"]
-    assert pruned and second in pruned[-1]["message"]
-
-
-def test_delete_collects_children_and_cross_namespace_topics(
-    op_namespace: str, cluster: Cluster
-) -> None:
-    kafka_ns = f"{op_namespace}-kafka"
-    cluster.create_namespace(kafka_ns)
-    body = for_namespace(_spec(FULL), op_namespace, kafka_ns)
-    name = body["metadata"]["name"]
-    create_and_wait(cluster, body)
-    assert cluster.children(kafka_ns, name), "topics live in the Kafka namespace"
-    assert naming.MANAGER  # owner references point at the Pipeline (checked above)
-
-    cluster.delete_pipeline(op_namespace, name)
-
-    def pipeline_gone() -> bool:
-        try:
-            cluster.pipeline(op_namespace, name)
-        except ApiException as err:
-            return err.status == 404
-        return False
-
-    wait_for(pipeline_gone, 10, "the finalizer to release the Pipeline")
-    # The finalizer deleted the topics elsewhere; the garbage collector the rest.
-    wait_for(lambda: not cluster.children(kafka_ns, name), 10, "cross-namespace KafkaTopics to go")
-    wait_for(lambda: not cluster.children(op_namespace, name), 20, "garbage collection of children")
+    wait_for(
+        lambda: any(
+            e["reason"] == "Pruned" and second in e["message"]
+            for e in cluster.events(op_namespace, name)
+        ),
+        5,
+        "a Pruned event",
+    )
 
 
 def test_drift_is_corrected_but_the_hpa_is_not_fought(
@@ -326,13 +374,24 @@ def test_drift_is_corrected_but_the_hpa_is_not_fought(
         10,
         "the deleted Deployment to be recreated",
     )
-    drift = [e for e in cluster.events(op_namespace, name) if e["reason"] == "DriftCorrected"]
-    assert drift and step in drift[-1]["message"]
+    wait_for(
+        lambda: any(
+            e["reason"] == "DriftCorrected" and step in e["message"]
+            for e in cluster.events(op_namespace, name)
+        ),
+        5,
+        "a DriftCorrected event",
+    )
 
     # A hand edit of a field the operator owns is taken back.
     operator_crds.kubectl("set", "image", f"deployment/{step}", "worker=evil:1", *ns)
     wait_for(
-        lambda: cluster.deployment(op_namespace, step)["spec"]["template"]["spec"]["containers"][0]["image"] == TEST_IMAGE,
+        lambda: (
+            cluster.deployment(op_namespace, step)["spec"]["template"]["spec"]["containers"][0][
+                "image"
+            ]
+            == TEST_IMAGE
+        ),
         10,
         "the image to be restored",
     )
@@ -377,13 +436,23 @@ def test_invalid_spec_is_reported_on_its_field_with_no_children(
     assert degraded and degraded["status"] == "True"
     time.sleep(1.5)  # a resync later, still nothing
     assert not live_children(cluster, body)
-    warnings = [e for e in cluster.events(op_namespace, name) if e["type"] == "Warning"]
-    assert any("spec.steps[0].aggregate.trips" in e["message"] for e in warnings)
+    wait_for(
+        lambda: any(
+            e["type"] == "Warning" and "spec.steps[0].aggregate.trips" in e["message"]
+            for e in cluster.events(op_namespace, name)
+        ),
+        5,
+        "a Warning event naming the field",
+    )
 
     spec = copy.deepcopy(body["spec"])
     spec["steps"][0]["aggregate"]["trips"] = "count"
     cluster.patch_pipeline(op_namespace, name, spec)
-    wait_for(lambda: keys(expected(body | {"spec": spec})) <= live_children(cluster, body), 10, "children once fixed")
+    wait_for(
+        lambda: keys(expected(body | {"spec": spec})) <= live_children(cluster, body),
+        10,
+        "children once fixed",
+    )
     cluster.wait_condition(op_namespace, name, "Degraded", "False")
 
 
@@ -435,3 +504,84 @@ def test_operator_restarted_mid_reconcile_converges_without_duplicates(
         delete_pipelines(cluster, namespace)
     finally:
         second.stop()
+
+
+def test_flowmill_operator_command_serves_liveness_and_reconciles(
+    operator_crds: KubeControlPlane, cluster: Cluster, tmp_path: Path
+) -> None:
+    """The real `flowmill operator` process, configured by flags as the chart does."""
+    import os
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from flowmill.local.ports import free_port
+    from tests.operator.fixtures import delete_pipelines
+
+    namespace = f"fmcli-{secrets.token_hex(4)}"
+    cluster.create_namespace(namespace)
+    port = free_port()
+    log = tmp_path / "operator.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWMILL_")}
+    env["FLOWMILL_RESYNC_SECONDS"] = "2"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "flowmill.cli", "operator",
+                "--kubeconfig", str(operator_crds.kubeconfig), "-n", namespace,
+                "--liveness", f"http://127.0.0.1:{port}/healthz",
+                "--image", TEST_IMAGE, "--default-kafka-cluster", "events",
+            ],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+
+        def healthy() -> bool:
+            assert process.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, 30, "the operator's liveness endpoint", interval=0.2)
+        body = for_namespace(_spec(SKETCH), namespace)
+        cluster.create_pipeline(body)
+        wait_for(
+            lambda: keys(expected(body)) <= live_children(cluster, body),
+            CHILDREN_TIMEOUT,
+            "children from the flowmill operator process",
+        )
+        delete_pipelines(cluster, namespace)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    assert code == 0, log.read_text()[-3000:]
+
+
+# Last in the module: by now the garbage collector has usually discovered Pipelines.
+def test_delete_collects_children_and_cross_namespace_topics(
+    op_namespace: str, cluster: Cluster, garbage_collector_knows_pipelines: None
+) -> None:
+    kafka_ns = f"{op_namespace}-kafka"
+    cluster.create_namespace(kafka_ns)
+    body = for_namespace(_spec(FULL), op_namespace, kafka_ns)
+    name = body["metadata"]["name"]
+    create_and_wait(cluster, body)
+    assert cluster.children(kafka_ns, name), "topics live in the Kafka namespace"
+
+    cluster.delete_pipeline(op_namespace, name)
+
+    def pipeline_gone() -> bool:
+        try:
+            cluster.pipeline(op_namespace, name)
+        except ApiException as err:
+            return err.status == 404
+        return False
+
+    wait_for(pipeline_gone, 10, "the finalizer to release the Pipeline")
+    # The finalizer deleted the topics elsewhere; the garbage collector the rest.
+    wait_for(lambda: not cluster.children(kafka_ns, name), 10, "cross-namespace KafkaTopics to go")
+    wait_for(lambda: not cluster.children(op_namespace, name), 10, "garbage collection of children")

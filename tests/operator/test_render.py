@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-from flowmill.manifest import load_pipelines, parse_pipeline
-from flowmill.spec import Pipeline
 from flowmill_operator import naming
 from flowmill_operator.render import Manifest, RenderError, render
 from flowmill_operator.settings import RenderSettings
+
+from flowmill.manifest import load_pipelines, parse_pipeline
+from flowmill.spec import Pipeline
+from tests.operator.fixtures import TEST_RENDER
 from tests.operator.helpers import ROOT, example_files, example_ids
 
 SKETCH = ROOT / "tests" / "data" / "design_sketch.yaml"
 FULL = ROOT / "tests" / "data" / "full_features.yaml"
-SETTINGS = RenderSettings(image="registry.example/flowmill:test")
+SETTINGS = TEST_RENDER
 
 
 def load(path: Path) -> Pipeline:
@@ -126,7 +128,10 @@ def test_redis_secret_ref_and_s3_credentials_come_from_secrets() -> None:
     deployments = by_kind(render(load(FULL), SETTINGS).manifests, "Deployment")
     state = deployments["everything-step-station-state"]["spec"]["template"]["spec"]
     env = {e["name"]: e for e in state["containers"][0]["env"]}
-    assert env["FLOWMILL_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "redis-url", "key": "url"}
+    assert env["FLOWMILL_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "redis-url",
+        "key": "url",
+    }
     # Strimzi's bootstrap Service in the Kafka namespace.
     assert env["FLOWMILL_BOOTSTRAP_SERVERS"]["value"] == "events-kafka-bootstrap.kafka.svc:9092"
     lake = deployments["everything-step-station-lake"]["spec"]["template"]["spec"]
@@ -187,7 +192,10 @@ def test_max_replicas_never_exceed_input_partitions() -> None:
         doc["spec"]["steps"][0]["replicas"] = 10
 
     fixed = render(edited(SKETCH, fixed_ten), SETTINGS)
-    assert by_kind(fixed.manifests, "Deployment")["trip-metrics-step-by-region"]["spec"]["replicas"] == 6
+    assert (
+        by_kind(fixed.manifests, "Deployment")["trip-metrics-step-by-region"]["spec"]["replicas"]
+        == 6
+    )
 
 
 def test_keda_alternative_per_step_and_operator_wide() -> None:
@@ -202,9 +210,23 @@ def test_keda_alternative_per_step_and_operator_wide() -> None:
     assert trigger["metadata"]["topic"] == "trips"
     assert trigger["metadata"]["lagThreshold"] == "2000"
     # Operator-wide KEDA: the sketch's step (no kind) becomes a ScaledObject, no HPA.
-    keda = render(load(SKETCH), RenderSettings(autoscaler="keda"))
+    keda = render(load(SKETCH), replace(SETTINGS, autoscaler="keda"))
     assert "trip-metrics-step-by-region" in by_kind(keda.manifests, "ScaledObject")
     assert "trip-metrics-step-by-region" not in by_kind(keda.manifests, "HorizontalPodAutoscaler")
+
+    # Per Pipeline, by annotation.
+    def annotate(doc: dict[str, Any]) -> None:
+        doc["metadata"]["annotations"] = {naming.AUTOSCALER_ANNOTATION: "keda"}
+
+    annotated = render(edited(SKETCH, annotate), SETTINGS)
+    assert "trip-metrics-step-by-region" in by_kind(annotated.manifests, "ScaledObject")
+
+    def misspell(doc: dict[str, Any]) -> None:
+        doc["metadata"]["annotations"] = {naming.AUTOSCALER_ANNOTATION: "kedah"}
+
+    with pytest.raises(RenderError) as caught:
+        render(edited(SKETCH, misspell), SETTINGS)
+    assert caught.value.errors[0].path == "metadata.annotations[flowmill.dev/autoscaler]"
 
 
 def test_hpa_cannot_scale_to_zero_keda_can() -> None:
@@ -212,14 +234,24 @@ def test_hpa_cannot_scale_to_zero_keda_can() -> None:
         doc["spec"]["steps"][0]["autoscaling"]["minReplicas"] = 0
 
     hpa = render(edited(SKETCH, zero), SETTINGS)
-    assert by_kind(hpa.manifests, "HorizontalPodAutoscaler")["trip-metrics-step-by-region"]["spec"]["minReplicas"] == 1
+    assert (
+        by_kind(hpa.manifests, "HorizontalPodAutoscaler")["trip-metrics-step-by-region"]["spec"][
+            "minReplicas"
+        ]
+        == 1
+    )
     assert "needs KEDA" in hpa.scales["by-region"].message
-    keda = render(edited(SKETCH, zero), RenderSettings(autoscaler="keda"))
-    assert by_kind(keda.manifests, "ScaledObject")["trip-metrics-step-by-region"]["spec"]["minReplicaCount"] == 0
+    keda = render(edited(SKETCH, zero), replace(SETTINGS, autoscaler="keda"))
+    assert (
+        by_kind(keda.manifests, "ScaledObject")["trip-metrics-step-by-region"]["spec"][
+            "minReplicaCount"
+        ]
+        == 0
+    )
 
 
 def test_topics_strimzi_version_cluster_label_and_join_changelog() -> None:
-    out = render(load(FULL), RenderSettings(strimzi_api_version="kafka.strimzi.io/v1beta2"))
+    out = render(load(FULL), replace(SETTINGS, strimzi_api_version="kafka.strimzi.io/v1beta2"))
     topics = by_kind(out.manifests, "KafkaTopic")
     for topic in topics.values():
         assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
@@ -232,7 +264,9 @@ def test_topics_strimzi_version_cluster_label_and_join_changelog() -> None:
         "replicas": 1,
         "config": {"retention.ms": "604800000", "cleanup.policy": "delete"},
     }
-    pending = next(t for t in topics.values() if t["spec"]["topicName"] == "everything.join-trips.pending")
+    pending = next(
+        t for t in topics.values() if t["spec"]["topicName"] == "everything.join-trips.pending"
+    )
     # Same partitions as the join's input, compacted: it is a changelog of open pairs.
     assert pending["spec"]["partitions"] == 6
     assert pending["spec"]["config"] == {"cleanup.policy": "compact"}
@@ -247,7 +281,9 @@ def test_owner_references_only_within_the_namespace() -> None:
             assert refs == [naming.owner_reference("everything", uid)]
         else:  # topics in the Kafka namespace: the finalizer deletes them
             assert manifest["kind"] == "KafkaTopic" and refs is None
-    assert all("ownerReferences" not in m["metadata"] for m in render(load(FULL), SETTINGS).manifests)
+    assert all(
+        "ownerReferences" not in m["metadata"] for m in render(load(FULL), SETTINGS).manifests
+    )
 
 
 def test_spec_hash_follows_what_workers_compute_not_scaling() -> None:
@@ -269,21 +305,45 @@ def test_cluster_only_requirements_name_their_field() -> None:
     def no_kafka(doc: dict[str, Any]) -> None:
         doc["spec"]["kafka"] = {}
 
-    with pytest.raises(RenderError) as caught:
-        render(edited(SKETCH, no_kafka), SETTINGS)
-    assert [e.path for e in caught.value.errors] == ["spec.kafka"]
-    # An operator-wide default Kafka satisfies it, and no topics are managed then.
-    fallback = render(
-        edited(SKETCH, no_kafka), RenderSettings(default_bootstrap_servers="kafka:9092")
-    )
-    assert not by_kind(fallback.manifests, "KafkaTopic")
-
     def no_redis(doc: dict[str, Any]) -> None:
         doc["spec"]["redis"] = {}
 
+    bare = RenderSettings()
     with pytest.raises(RenderError) as caught:
-        render(edited(SKETCH, no_redis), SETTINGS)
+        render(edited(SKETCH, no_kafka), bare)
+    assert [e.path for e in caught.value.errors] == ["spec.kafka"]
+    with pytest.raises(RenderError) as caught:
+        render(edited(SKETCH, no_redis), bare)
     assert [e.path for e in caught.value.errors] == ["spec.steps[0].sink.redis"]
+
+
+def test_platform_defaults_fill_an_empty_kafka_and_redis() -> None:
+    def local_only(doc: dict[str, Any]) -> None:
+        doc["spec"]["kafka"] = {}
+        doc["spec"]["redis"] = {}
+
+    settings = RenderSettings(
+        default_kafka_cluster="events",
+        default_kafka_namespace="kafka",
+        default_redis_url="redis://shared:6379/0",
+    )
+    out = render(edited(SKETCH, local_only), settings, namespace="team")
+    topics = by_kind(out.manifests, "KafkaTopic")
+    assert {t["metadata"]["namespace"] for t in topics.values()} == {"kafka"}
+    assert {t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics.values()} == {"events"}
+    step = by_kind(out.manifests, "Deployment")["trip-metrics-step-by-region"]
+    env = {e["name"]: e["value"] for e in step["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env == {
+        "FLOWMILL_BOOTSTRAP_SERVERS": "events-kafka-bootstrap.kafka.svc:9092",
+        "FLOWMILL_REDIS_URL": "redis://shared:6379/0",
+    }
+
+    # A Pipeline with a Kafka of its own keeps it, and manages its topics itself.
+    def own_brokers(doc: dict[str, Any]) -> None:
+        doc["spec"]["kafka"] = {"bootstrapServers": "mine:9092"}
+
+    own = render(edited(SKETCH, own_brokers), settings)
+    assert not by_kind(own.manifests, "KafkaTopic")
 
 
 def test_pod_disruption_budgets_and_pod_monitor_when_asked() -> None:
@@ -295,7 +355,7 @@ def test_pod_disruption_budgets_and_pod_monitor_when_asked() -> None:
     pdbs = by_kind(render(edited(SKETCH, annotate), SETTINGS).manifests, "PodDisruptionBudget")
     assert set(pdbs) == {"trip-metrics-step-by-region", "trip-metrics-api"}
     assert pdbs["trip-metrics-api"]["spec"]["maxUnavailable"] == 1
-    settings = RenderSettings(pod_disruption_budgets=True, pod_monitor=True)
+    settings = replace(SETTINGS, pod_disruption_budgets=True, pod_monitor=True)
     out = render(load(SKETCH), settings)
     assert len(by_kind(out.manifests, "PodDisruptionBudget")) == 2
     monitor = by_kind(out.manifests, "PodMonitor")["trip-metrics"]

@@ -8,6 +8,8 @@ references.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,12 @@ class Rendered:
     scales: dict[str, StepScale]
     """Per step: replicas and the (capped) autoscaling ceiling, for status."""
     spec_hash: str
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever any rendered child would."""
+        canonical = json.dumps(self.manifests, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def render(

@@ -27,6 +27,34 @@ class RenderError(ValueError):
 
 
 @dataclass(frozen=True)
+class KafkaTarget:
+    """Where a Pipeline's topics live and how workers reach them: its own spec.kafka, or
+    the operator's platform default when spec.kafka is empty (so a manifest written for
+    `flowmill run` also runs on a cluster)."""
+
+    cluster: str | None
+    """Strimzi Kafka resource; None: topics are not managed by flowmill."""
+    namespace: str
+    """Namespace of the KafkaTopics."""
+    bootstrap_servers: str | None
+
+
+def kafka_target(pipeline: Pipeline, namespace: str, settings: RenderSettings) -> KafkaTarget:
+    kafka = pipeline.spec.kafka
+    if kafka.cluster or kafka.bootstrap_servers:
+        cluster, topic_ns, servers = kafka.cluster, kafka.namespace, kafka.bootstrap_servers
+    else:
+        cluster = settings.default_kafka_cluster
+        topic_ns = settings.default_kafka_namespace
+        servers = settings.default_bootstrap_servers
+    topic_ns = topic_ns or namespace
+    if servers is None and cluster:
+        # Strimzi's plain listener, qualified so it resolves from any namespace.
+        servers = f"{cluster}-kafka-bootstrap.{topic_ns}.svc:9092"
+    return KafkaTarget(cluster, topic_ns, servers)
+
+
+@dataclass(frozen=True)
 class RenderContext:
     pipeline: Pipeline
     namespace: str
@@ -44,8 +72,8 @@ class RenderContext:
         return self.pipeline.spec.image or self.settings.image
 
     @property
-    def topic_namespace(self) -> str:
-        return self.pipeline.spec.kafka.namespace or self.namespace
+    def kafka(self) -> KafkaTarget:
+        return kafka_target(self.pipeline, self.namespace, self.settings)
 
     def metadata(
         self,
@@ -73,25 +101,19 @@ class RenderContext:
         return meta
 
     def bootstrap_servers(self) -> str:
-        kafka = self.pipeline.spec.kafka
-        if kafka.bootstrap_servers:
-            return kafka.bootstrap_servers
-        if kafka.cluster:
-            # Strimzi's plain listener; fully qualified when the cluster is elsewhere.
-            ns = kafka.namespace or self.namespace
-            return f"{kafka.cluster}-kafka-bootstrap.{ns}.svc:9092"
-        assert self.settings.default_bootstrap_servers is not None  # checked by preflight()
-        return self.settings.default_bootstrap_servers
+        servers = self.kafka.bootstrap_servers
+        assert servers is not None  # checked by preflight()
+        return servers
 
     def redis_env(self) -> list[Manifest]:
-        """FLOWMILL_REDIS_URL as a value or from the Secret the spec names."""
+        """FLOWMILL_REDIS_URL as a value, from the Secret the spec names, or the
+        operator's default Redis."""
         redis = self.pipeline.spec.redis
         if redis.secret_ref is not None:
             ref = {"name": redis.secret_ref.name, "key": redis.secret_ref.key}
             return [{"name": "FLOWMILL_REDIS_URL", "valueFrom": {"secretKeyRef": ref}}]
-        if redis.url:
-            return [{"name": "FLOWMILL_REDIS_URL", "value": redis.url}]
-        return []
+        url = redis.url or self.settings.default_redis_url
+        return [{"name": "FLOWMILL_REDIS_URL", "value": url}] if url else []
 
 
 def preflight(pipeline: Pipeline, settings: RenderSettings) -> None:
@@ -100,17 +122,15 @@ def preflight(pipeline: Pipeline, settings: RenderSettings) -> None:
     Kubernetes refuses."""
     spec = pipeline.spec
     errors: list[FieldError] = []
-    if not (
-        spec.kafka.bootstrap_servers or spec.kafka.cluster or settings.default_bootstrap_servers
-    ):
+    if kafka_target(pipeline, "default", settings).bootstrap_servers is None:
         errors.append(
             FieldError(
                 "spec.kafka",
-                "set cluster (a Strimzi Kafka) or bootstrapServers: workers in a cluster "
-                "have no embedded broker",
+                "set cluster (a Strimzi Kafka) or bootstrapServers, or give the operator a "
+                "default Kafka: workers in a cluster have no embedded broker",
             )
         )
-    has_redis = bool(spec.redis.url or spec.redis.secret_ref)
+    has_redis = bool(spec.redis.url or spec.redis.secret_ref or settings.default_redis_url)
     for i, step in enumerate(spec.steps):
         if step.sink and step.sink.redis and not has_redis:
             errors.append(
@@ -119,6 +139,14 @@ def preflight(pipeline: Pipeline, settings: RenderSettings) -> None:
                     "writes a Redis table but spec.redis sets neither url nor secretRef",
                 )
             )
+    autoscaler = pipeline.metadata.annotations.get(naming.AUTOSCALER_ANNOTATION)
+    if autoscaler is not None and autoscaler.strip() not in ("hpa", "keda"):
+        errors.append(
+            FieldError(
+                f"metadata.annotations[{naming.AUTOSCALER_ANNOTATION}]",
+                f"must be hpa or keda (got {autoscaler!r})",
+            )
+        )
     if spec.api.enabled and not _DNS_1035.match(naming.api_deployment(pipeline.name)):
         errors.append(
             FieldError(

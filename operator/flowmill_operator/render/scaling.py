@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowmill.spec import StepSpec
+from flowmill_operator import naming
 from flowmill_operator.render.context import RenderContext
 
 
@@ -22,6 +23,12 @@ class StepScale:
     message: str = ""
 
 
+def pipeline_autoscaler(ctx: RenderContext) -> str | None:
+    """The Pipeline-wide choice, from its annotation (the spec has a per-step field)."""
+    value = ctx.pipeline.metadata.annotations.get(naming.AUTOSCALER_ANNOTATION, "").strip()
+    return value if value in ("hpa", "keda") else None
+
+
 def step_scale(ctx: RenderContext, step: StepSpec) -> StepScale:
     partitions = ctx.pipeline.spec.topic(step.from_).partitions
     auto = step.autoscaling
@@ -33,7 +40,7 @@ def step_scale(ctx: RenderContext, step: StepSpec) -> StepScale:
             else ""
         )
         return StepScale(step.name, partitions, None, replicas, replicas, message)
-    kind = auto.kind or ctx.settings.autoscaler
+    kind = auto.kind or pipeline_autoscaler(ctx) or ctx.settings.autoscaler
     notes = []
     maximum = min(auto.max_replicas, partitions)
     if maximum < auto.max_replicas:

@@ -9,9 +9,9 @@ from flowmill_operator.render.context import Manifest, RenderContext
 
 
 def kafka_topics(ctx: RenderContext) -> list[Manifest]:
-    """One KafkaTopic per topic; none when the Pipeline names no Strimzi cluster (its
-    topics are then managed outside flowmill and must exist)."""
-    cluster = ctx.pipeline.spec.kafka.cluster
+    """One KafkaTopic per topic; none without a Strimzi cluster (a Pipeline pointing at
+    bootstrapServers of its own manages its topics itself)."""
+    cluster = ctx.kafka.cluster
     if not cluster:
         return []
     spec = ctx.pipeline.spec
@@ -48,7 +48,7 @@ def _topic(
     meta = ctx.metadata(
         naming.kafka_topic_resource(ctx.name, topic),
         "topic",
-        namespace=ctx.topic_namespace,
+        namespace=ctx.kafka.namespace,
         extra_labels={"strimzi.io/cluster": cluster, **({naming.STEP_LABEL: step} if step else {})},
     )
     body: Manifest = {"topicName": topic, "partitions": partitions, "replicas": replicas}
