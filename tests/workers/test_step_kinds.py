@@ -249,3 +249,40 @@ async def test_parquet_lake_is_queryable_with_duckdb(
     assert [(int(h), c, s) for h, c, s in rows] == [
         (h, c, s) for h, (c, s) in sorted(expected.items())
     ]
+
+
+async def test_function_escape_hatch(kafka_broker: EmbeddedKafka) -> None:
+    """A named Python callable: may return a list (fan-out), None (drop), or raise
+    (dead-lettered with the exception in the reason)."""
+    name = unique("udf")
+    src, out, dlq = f"{name}-in", f"{name}-out", f"{name}-dlq"
+    p = pipeline(
+        name,
+        [{"name": src}, {"name": out}, {"name": dlq}],
+        [
+            {
+                "name": "legs",
+                "from": src,
+                "deadLetter": dlq,
+                "function": "tests.workers.udf:split_legs",
+                "sink": {"kafka": {"topic": out}},
+            }
+        ],
+    )
+    create_topics(kafka_broker, p)
+    events = [
+        {"trip": "a", "legs": 2},
+        {"trip": "b", "legs": 0},
+        {"trip": "c", "legs": -1},
+        {"trip": "d", "legs": 3},
+    ]
+    await produce(kafka_broker.bootstrap_servers, src, events)
+    runner = await run_step(p, "legs", kafka_broker.bootstrap_servers, None, len(events))
+    got = [json.loads(r.value) for r in await consume_all(kafka_broker.bootstrap_servers, out, 5)]
+    assert got == [{"trip": "a", "leg": 0}, {"trip": "a", "leg": 1}] + [
+        {"trip": "d", "leg": i} for i in range(3)
+    ]
+    dead = await consume_all(kafka_broker.bootstrap_servers, dlq, 1)
+    assert len(dead) == 1
+    assert "ValueError: negative legs: -1" in headers_of(dead[0])[REASON_HEADER]
+    assert counter_value(runner, "events_filtered") == 1
