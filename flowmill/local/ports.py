@@ -73,10 +73,15 @@ def _load_prctl() -> Callable[..., int] | None:
 _prctl = _load_prctl()
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A preexec_fn asking the kernel to SIGTERM the child when the forking thread exits
+    (Linux only; None elsewhere). Fork only from threads that outlive their children."""
+    if _prctl is None:
+        return None
+    prctl = _prctl
+
     def preexec() -> None:
-        assert _prctl is not None
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         # The parent may have died between fork and prctl; then nobody would signal us.
         if os.getppid() != parent_pid:
             os._exit(1)
@@ -95,8 +100,8 @@ def spawn(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> subpr
     may end long before Python does.
     """
     preexec = None
-    if _prctl is not None and threading.current_thread() is threading.main_thread():
-        preexec = _die_with_parent(os.getpid())
+    if threading.current_thread() is threading.main_thread():
+        preexec = die_with_parent(os.getpid())
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             list(argv),

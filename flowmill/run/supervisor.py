@@ -11,53 +11,21 @@ itself is killed (SIGKILL, OOM) the kernel sends the children SIGTERM.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flowmill.local.ports import tail
+from flowmill.local.ports import die_with_parent, tail
 from flowmill.run.plan import ChildSpec, Connections
 
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 30.0
 """A child that ran this long before exiting counts as healthy: its next restart is quick."""
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-        return prctl
-    except (OSError, AttributeError):
-        return None
-
-
-# Resolved before any fork: the child must not load libraries between fork and exec.
-_prctl = _load_prctl()
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    if _prctl is None:
-        return None
-    prctl = _prctl
-
-    def preexec() -> None:
-        # The signal fires when the *thread* that forked exits; the supervisor only forks
-        # from threads that live until it has stopped every child.
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died between fork and prctl
-            os._exit(1)
-
-    return preexec
 
 
 def backoff(failures_in_row: int) -> float:
@@ -144,7 +112,8 @@ class Supervisor:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent(os.getpid()),
+                    # The supervisor forks only from threads that live until every child stopped.
+                    preexec_fn=die_with_parent(os.getpid()),
                 )
             child.history.append(child.proc.pid)
             child.started_at = time.monotonic()
