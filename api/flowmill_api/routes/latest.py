@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request
 from flowmill_api.errors import InvalidParameter, NotFound
 from flowmill_api.models import Entry, EntryPage, GeoResult
 from flowmill_api.responses import JsonResponse
-from flowmill_api.routes.common import ERRORS, KeyName, PipelineName, TableName
-from flowmill_api.state import MAX_OFFSET, MAX_PAGE, app_state
+from flowmill_api.routes.common import ERRORS, KeyName, Limit, Offset, PipelineName, TableName
+from flowmill_api.state import app_state
 
 router = APIRouter(tags=["latest-state"], responses=ERRORS)
 
@@ -30,8 +30,8 @@ async def list_entries(
     request: Request,
     pipeline: PipelineName,
     table: TableName,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Offset = 0,
+    limit: Limit = 100,
 ) -> JsonResponse:
     state = app_state(request)
     t = state.catalog.table(pipeline, table, "latest")

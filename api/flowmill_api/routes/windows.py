@@ -15,8 +15,8 @@ from flowmill_api.catalog import Table
 from flowmill_api.errors import InvalidParameter, NotFound
 from flowmill_api.models import KeyPage, TableWindowList, TopKeys, Window, WindowList
 from flowmill_api.responses import JsonResponse
-from flowmill_api.routes.common import ERRORS, KeyName, PipelineName, TableName
-from flowmill_api.state import MAX_OFFSET, MAX_PAGE, TIME_BOUND, app_state
+from flowmill_api.routes.common import ERRORS, KeyName, Limit, Offset, PipelineName, TableName
+from flowmill_api.state import MAX_PAGE, TIME_BOUND, app_state
 
 router = APIRouter(tags=["windows"], responses=ERRORS)
 
@@ -29,8 +29,6 @@ From = Annotated[
 To = Annotated[
     int | None, Query(ge=-TIME_BOUND, le=TIME_BOUND, description="Latest start (ms), inclusive.")
 ]
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Most items returned.")]
-Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items skipped.")]
 
 
 def _check_range(from_: int | None, to: int | None) -> None:
