@@ -68,9 +68,10 @@ async def produce(
 
 
 async def consume_all(
-    bootstrap: str, topic: str, expected: int, timeout: float = 30.0
+    bootstrap: str, topic: str, expected: int, timeout: float = 30.0, settle: float = 0.5
 ) -> list[Any]:
-    """Every record of a topic (read_committed), waiting until `expected` arrived."""
+    """Every committed record of a topic (read_committed), once `expected` arrived and
+    `settle` more seconds showed nothing else (so "exactly N" is really checked)."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -83,13 +84,12 @@ async def consume_all(
     deadline = time.monotonic() + timeout
     try:
         while len(records) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for recs in batch.values():
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
                 records.extend(recs)
-        # Give a duplicate a moment to show up, so "exactly N" is really checked.
-        batch = await consumer.getmany(timeout_ms=500)
-        for recs in batch.values():
-            records.extend(recs)
+        settled = time.monotonic() + settle
+        while time.monotonic() < settled:
+            for recs in (await consumer.getmany(timeout_ms=100)).values():
+                records.extend(recs)
     finally:
         await consumer.stop()
     return records

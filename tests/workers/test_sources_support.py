@@ -12,11 +12,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
 from flowmill_workers.runtime.source_runner import SourceConfig, SourceRunner
 
 from flowmill.manifest import parse_pipeline
 from flowmill.spec import Pipeline
+from tests.workers.harness import consume_all
 
 __all__ = ["RunningSource", "consume", "metric", "running", "source_pipeline", "unique"]
 
@@ -111,37 +111,9 @@ async def consume(
 ) -> list[Read]:
     """Every committed record of `topic` in (partition, offset) order, once `expected`
     arrived and `settle` more seconds showed nothing else (so "exactly N" means it)."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    found: list[Read] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(found) < expected and time.monotonic() < deadline:
-            found += _reads(await consumer.getmany(timeout_ms=200))
-        settled = time.monotonic() + settle
-        while time.monotonic() < settled:
-            found += _reads(await consumer.getmany(timeout_ms=100))
-    finally:
-        await consumer.stop()
-    return sorted(found, key=lambda r: (r.partition, r.offset))
-
-
-def _reads(batch: dict[Any, list[Any]]) -> list[Read]:
-    return [
-        Read(
-            tp.partition,
-            r.offset,
-            r.key,
-            r.value,
-            r.timestamp,
-            dict(r.headers or ()),
-        )
-        for tp, records in batch.items()
+    records = await consume_all(bootstrap, topic, expected, timeout, settle)
+    found = [
+        Read(r.partition, r.offset, r.key, r.value, r.timestamp, dict(r.headers or ()))
         for r in records
     ]
+    return sorted(found, key=lambda r: (r.partition, r.offset))
