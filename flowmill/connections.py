@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 
-from flowmill.spec import Pipeline
-
-ENV_BOOTSTRAP = "FLOWMILL_BOOTSTRAP_SERVERS"
-ENV_REDIS_URL = "FLOWMILL_REDIS_URL"
+from flowmill.spec import ENV_BOOTSTRAP_SERVERS, ENV_REDIS_URL, Pipeline, strimzi_bootstrap_servers
 
 
 class ConnectionMissing(ValueError):
@@ -17,15 +14,15 @@ class ConnectionMissing(ValueError):
 def bootstrap_servers(pipeline: Pipeline, flag: str | None = None) -> str:
     """Kafka bootstrap servers for this Pipeline."""
     kafka = pipeline.spec.kafka
-    found = flag or os.environ.get(ENV_BOOTSTRAP) or kafka.bootstrap_servers
+    found = flag or os.environ.get(ENV_BOOTSTRAP_SERVERS) or kafka.bootstrap_servers
     if not found and kafka.cluster:
-        # The Strimzi convention for a cluster's plain listener.
-        namespace = f".{kafka.namespace}" if kafka.namespace else ""
-        found = f"{kafka.cluster}-kafka-bootstrap{namespace}:9092"
+        # An unset spec.kafka.namespace means the Pipeline's own.
+        namespace = kafka.namespace or pipeline.metadata.namespace
+        found = strimzi_bootstrap_servers(kafka.cluster, namespace)
     if not found:
         raise ConnectionMissing(
             f"no Kafka for Pipeline {pipeline.name}: pass --bootstrap-servers, set "
-            f"{ENV_BOOTSTRAP}, or set spec.kafka.bootstrapServers"
+            f"{ENV_BOOTSTRAP_SERVERS}, or set spec.kafka.bootstrapServers"
         )
     return found
 

@@ -7,7 +7,7 @@ import argparse
 import gc
 import sys
 
-DEFAULT_PORT = 8000
+from flowmill.spec.launch import API_PORT, ENV_REDIS_URL
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -19,13 +19,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a Pipeline manifest to serve (repeat to serve several; a file may hold several)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
-    )
+    parser.add_argument("--port", type=int, default=API_PORT, help=f"port (default {API_PORT})")
     parser.add_argument(
         "--redis-url",
         metavar="URL",
-        help="Redis holding the tables (default: FLOWMILL_REDIS_URL, then spec.redis.url)",
+        help=f"Redis holding the tables (default: {ENV_REDIS_URL}, then spec.redis.url)",
     )
     parser.add_argument(
         "--rate-limit",

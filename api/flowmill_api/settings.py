@@ -14,12 +14,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flowmill.spec import Pipeline
+from flowmill.spec import ENV_API_KEYS_DIR, Pipeline
 
 ENV_API_KEYS = "FLOWMILL_API_KEYS"
 """Comma-separated accepted API keys."""
-ENV_API_KEYS_DIR = "FLOWMILL_API_KEYS_DIR"
-"""A directory whose files each hold one accepted key (a Secret mounted as a volume)."""
 ENV_RATE_LIMIT = "FLOWMILL_API_RATE_LIMIT"
 """Requests per second allowed per client."""
 ENV_CORS_ORIGINS = "FLOWMILL_API_CORS_ORIGINS"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from flowmill.spec.launch import API_PORT
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="the Pipeline manifest")
@@ -15,7 +17,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--redis-url", metavar="URL", help="use this Redis instead of starting one")
     parser.add_argument(
-        "--api-port", type=int, default=8000, help="port of the API (default 8000; 0 picks one)"
+        "--api-port",
+        type=int,
+        default=API_PORT,
+        help=f"port of the API (default {API_PORT}; 0 picks one)",
     )
     parser.add_argument("--no-api", action="store_true", help="do not start the API")
     parser.add_argument(

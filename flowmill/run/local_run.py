@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
-from flowmill.connections import ENV_BOOTSTRAP, ENV_REDIS_URL
 from flowmill.local.ports import LOOPBACK, StartStop, free_port, free_ports, port_open, tail
 from flowmill.manifest import load_pipeline
 from flowmill.run.gbfs_server import GbfsServer
@@ -30,7 +29,8 @@ from flowmill.run.monitor import Monitor
 from flowmill.run.plan import Connections, children_of
 from flowmill.run.status_table import RunStatus
 from flowmill.run.supervisor import Supervisor
-from flowmill.run.topics import TopicMismatch, ensure_topics, topics_of
+from flowmill.run.topics import TopicMismatch, ensure_topics
+from flowmill.spec import API_PORT, ENV_BOOTSTRAP_SERVERS, ENV_REDIS_URL, all_topics
 
 if TYPE_CHECKING:
     from flowmill.local.kafka import EmbeddedKafka
@@ -59,7 +59,7 @@ class LocalRun(StartStop):
         *,
         bootstrap_servers: str | None = None,
         redis_url: str | None = None,
-        api_port: int = 8000,
+        api_port: int = API_PORT,
         with_api: bool = True,
         data_dir: str | os.PathLike[str] | None = None,
         notify: Callable[[str], None] | None = None,
@@ -74,7 +74,7 @@ class LocalRun(StartStop):
             else Path.cwd() / ".flowmill" / self.pipeline.name
         )
         self.log_dir = self.data_dir / "logs"
-        self._given_bootstrap = bootstrap_servers or os.environ.get(ENV_BOOTSTRAP)
+        self._given_bootstrap = bootstrap_servers or os.environ.get(ENV_BOOTSTRAP_SERVERS)
         self._given_redis = redis_url or os.environ.get(ENV_REDIS_URL)
         self.api_port = api_port
         self.with_api = with_api and self.pipeline.spec.api.enabled
@@ -239,7 +239,7 @@ class LocalRun(StartStop):
 
     def _create_topics(self, bootstrap_servers: str) -> None:
         try:
-            ensure_topics(bootstrap_servers, topics_of(self.pipeline))
+            ensure_topics(bootstrap_servers, all_topics(self.pipeline))
         except (TopicMismatch, TimeoutError):
             raise
         except Exception as err:  # kafka-python's errors share no useful base class

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from flowmill.spec import Pipeline
+from flowmill.spec import Pipeline, api_args, worker_args
 
 ChildKind = Literal["source", "step", "api"]
 
@@ -44,22 +44,18 @@ class ChildSpec:
         is not on PATH still works)."""
         base = [sys.executable, "-m", "flowmill.cli"]
         if self.kind == "api":
-            return [
-                *base,
-                "api",
-                "--pipeline", str(manifest),
-                "--port", str(port),
-                "--redis-url", conn.redis_url,
-            ]  # fmt: skip
+            return [*base, *api_args(str(manifest), port=port, redis_url=conn.redis_url)]
         return [
             *base,
-            "worker",
-            "--pipeline", str(manifest),
-            f"--{self.kind}", self.name,
-            "--bootstrap-servers", conn.bootstrap_servers,
-            "--redis-url", conn.redis_url,
-            "--metrics-port", str(port),
-        ]  # fmt: skip
+            *worker_args(
+                str(manifest),
+                self.kind,
+                self.name,
+                bootstrap_servers=conn.bootstrap_servers,
+                redis_url=conn.redis_url,
+                metrics_port=port,
+            ),
+        ]
 
 
 def children_of(pipeline: Pipeline, with_api: bool = True) -> list[ChildSpec]:

@@ -2,6 +2,15 @@
 all read."""
 
 from flowmill.spec.common import duration_seconds
+from flowmill.spec.launch import (
+    API_PORT,
+    ENV_API_KEYS_DIR,
+    ENV_BOOTSTRAP_SERVERS,
+    ENV_REDIS_URL,
+    WORKER_METRICS_PORT,
+    api_args,
+    worker_args,
+)
 from flowmill.spec.pipeline import (
     API_VERSION,
     GROUP,
@@ -16,21 +25,46 @@ from flowmill.spec.sinks import SinkSpec
 from flowmill.spec.sources import SourceSpec
 from flowmill.spec.status import PipelineStatus
 from flowmill.spec.steps import Aggregate, StepSpec, WindowSpec
+from flowmill.spec.topology import (
+    PipelineTopic,
+    all_topics,
+    changelog_topic,
+    consumer_group,
+    mirror_group,
+    source_transactional_id,
+    step_transactional_id,
+    strimzi_bootstrap_servers,
+)
 
 __all__ = [
+    "API_PORT",
     "API_VERSION",
+    "ENV_API_KEYS_DIR",
+    "ENV_BOOTSTRAP_SERVERS",
+    "ENV_REDIS_URL",
     "GROUP",
     "KIND",
     "PLURAL",
     "VERSION",
+    "WORKER_METRICS_PORT",
     "Aggregate",
     "Pipeline",
     "PipelineSpec",
     "PipelineStatus",
+    "PipelineTopic",
     "SinkSpec",
     "SourceSpec",
     "StepSpec",
     "TopicSpec",
     "WindowSpec",
+    "all_topics",
+    "api_args",
+    "changelog_topic",
+    "consumer_group",
     "duration_seconds",
+    "mirror_group",
+    "source_transactional_id",
+    "step_transactional_id",
+    "strimzi_bootstrap_servers",
+    "worker_args",
 ]

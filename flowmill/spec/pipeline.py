@@ -37,8 +37,8 @@ class KafkaConnection(SpecModel):
     """Namespace of the Strimzi cluster (and so of the KafkaTopics); unset means the
     Pipeline's own namespace."""
     bootstrap_servers: str | None = Field(default=None, max_length=1000)
-    """host:port list the workers connect to; defaults to the Strimzi convention
-    {cluster}-kafka-bootstrap.{namespace}:9092."""
+    """host:port list the workers connect to; defaults to the Strimzi cluster's bootstrap
+    Service, {cluster}-kafka-bootstrap.{namespace}.svc:9092."""
 
 
 class SecretKeyRef(SpecModel):

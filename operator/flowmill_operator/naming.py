@@ -1,5 +1,8 @@
-"""Names and labels of a Pipeline's children, in one place so that the renderer, the
-pruner and the status reader always agree on them."""
+"""Kubernetes names and labels of a Pipeline's children, in one place so that the
+renderer, the pruner and the status reader always agree on them. Names that live in
+Kafka (topics, consumer groups) and the workers' ports are the spec's
+(flowmill.spec.topology, flowmill.spec.launch): the workers and `flowmill run` use them
+too."""
 
 from __future__ import annotations
 
@@ -28,8 +31,6 @@ autoscaling sets no kind, overriding the operator's setting."""
 CONFIG_MOUNT = "/etc/flowmill"
 CONFIG_KEY = "pipeline.yaml"
 PIPELINE_FILE = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
-WORKER_METRICS_PORT = 9400
-API_PORT = 8000
 
 
 def config_map(pipeline: str) -> str:
@@ -46,17 +47,6 @@ def step_deployment(pipeline: str, step: str) -> str:
 
 def api_deployment(pipeline: str) -> str:
     return f"{pipeline}-api"
-
-
-def consumer_group(pipeline: str, step: str) -> str:
-    """Must match the workers' group id (flowmill_workers.runtime.step_runner.group_id)."""
-    return f"flowmill.{pipeline}.{step}"
-
-
-def pending_topic(pipeline: str, step: str) -> str:
-    """A join step's compacted topic of unmatched events; must match the workers'
-    flowmill_workers.steps.correlate.changelog_topic()."""
-    return f"{pipeline}.{step}.pending"
 
 
 _NOT_DNS = re.compile(r"[^a-z0-9.-]+")

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowmill.spec import Pipeline
+from flowmill.spec import API_PORT, Pipeline
 from flowmill_operator import naming
 from flowmill_operator.render import Rendered
 
@@ -290,7 +290,7 @@ def pipeline_status(
     endpoint = None
     if pipeline.spec.api.enabled:
         service = naming.api_deployment(pipeline.name)
-        endpoint = f"http://{service}.{namespace}.svc:{naming.API_PORT}"
+        endpoint = f"http://{service}.{namespace}.svc:{API_PORT}"
     return {
         "observedGeneration": generation,
         "conditions": merge_conditions(previous.get("conditions", []), conditions, generation),

@@ -18,7 +18,7 @@ from flowmill.run.plan import ChildSpec, Connections, children_of
 from flowmill.run.stats import Rates, parse_metrics
 from flowmill.run.status_table import RowStatus, RunStatus, plain, render
 from flowmill.run.supervisor import Supervisor, backoff
-from flowmill.run.topics import topics_of
+from flowmill.spec import all_topics, changelog_topic
 from tests.examples.harness import EXAMPLES
 from tests.examples.processes import alive
 
@@ -65,10 +65,11 @@ def test_children_and_their_commands() -> None:
 
 
 def test_topics_include_the_join_changelog() -> None:
-    plans = {p.name: p for p in topics_of(load_pipeline(EXAMPLES / "trips.yaml"))}
-    changelog = plans["trips.complete.pending"]
-    assert changelog.partitions == plans["trip-end"].partitions == 3
+    topics = {t.name: t for t in all_topics(load_pipeline(EXAMPLES / "trips.yaml"))}
+    changelog = topics[changelog_topic("trips", "complete")]
+    assert changelog.partitions == topics["trip-end"].partitions == 3
     assert changelog.config == {"cleanup.policy": "compact"}
+    assert changelog.step == "complete"
 
 
 def test_backoff_doubles_up_to_a_ceiling() -> None:

@@ -14,7 +14,15 @@ from flowmill_operator.render import Manifest, RenderError, render
 from flowmill_operator.settings import RenderSettings
 
 from flowmill.manifest import load_pipelines, parse_pipeline
-from flowmill.spec import Pipeline
+from flowmill.spec import (
+    API_PORT,
+    ENV_BOOTSTRAP_SERVERS,
+    ENV_REDIS_URL,
+    WORKER_METRICS_PORT,
+    Pipeline,
+    changelog_topic,
+    consumer_group,
+)
 from tests.operator.fixtures import TEST_RENDER
 from tests.operator.helpers import ROOT, example_files, example_ids
 
@@ -114,26 +122,26 @@ def test_worker_and_api_command_lines() -> None:
     step = deployments["trip-metrics-step-by-region"]["spec"]["template"]["spec"]["containers"][0]
     assert step["command"] == ["flowmill"]
     assert step["args"] == ["worker", "--pipeline", naming.PIPELINE_FILE, "--step", "by-region"]
-    assert step["ports"][0]["containerPort"] == 9400
+    assert step["ports"][0]["containerPort"] == WORKER_METRICS_PORT
     env = {e["name"]: e for e in step["env"]}
-    assert env["FLOWMILL_BOOTSTRAP_SERVERS"]["value"] == "events-kafka-bootstrap:9092"
-    assert env["FLOWMILL_REDIS_URL"]["value"] == "redis://redis:6379/0"
+    assert env[ENV_BOOTSTRAP_SERVERS]["value"] == "events-kafka-bootstrap:9092"
+    assert env[ENV_REDIS_URL]["value"] == "redis://redis:6379/0"
     source = deployments["trip-metrics-source-replay"]["spec"]["template"]["spec"]["containers"][0]
     assert source["args"][-2:] == ["--source", "replay"]
     api = deployments["trip-metrics-api"]["spec"]["template"]["spec"]["containers"][0]
-    assert api["args"] == ["api", "--pipeline", naming.PIPELINE_FILE, "--port", "8000"]
+    assert api["args"] == ["api", "--pipeline", naming.PIPELINE_FILE, "--port", str(API_PORT)]
 
 
 def test_redis_secret_ref_and_s3_credentials_come_from_secrets() -> None:
     deployments = by_kind(render(load(FULL), SETTINGS).manifests, "Deployment")
     state = deployments["everything-step-station-state"]["spec"]["template"]["spec"]
     env = {e["name"]: e for e in state["containers"][0]["env"]}
-    assert env["FLOWMILL_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
+    assert env[ENV_REDIS_URL]["valueFrom"]["secretKeyRef"] == {
         "name": "redis-url",
         "key": "url",
     }
     # Strimzi's bootstrap Service in the Kafka namespace.
-    assert env["FLOWMILL_BOOTSTRAP_SERVERS"]["value"] == "events-kafka-bootstrap.kafka.svc:9092"
+    assert env[ENV_BOOTSTRAP_SERVERS]["value"] == "events-kafka-bootstrap.kafka.svc:9092"
     lake = deployments["everything-step-station-lake"]["spec"]["template"]["spec"]
     assert {"name": "lake", "mountPath": "/lake/stations"} in lake["containers"][0]["volumeMounts"]
 
@@ -206,7 +214,7 @@ def test_keda_alternative_per_step_and_operator_wide() -> None:
     assert scaled["spec"]["maxReplicaCount"] == 6  # 12 asked, trips has 6 partitions
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "kafka"
-    assert trigger["metadata"]["consumerGroup"] == "flowmill.everything.daily-kpis"
+    assert trigger["metadata"]["consumerGroup"] == consumer_group("everything", "daily-kpis")
     assert trigger["metadata"]["topic"] == "trips"
     assert trigger["metadata"]["lagThreshold"] == "2000"
     # Operator-wide KEDA: the sketch's step (no kind) becomes a ScaledObject, no HPA.
@@ -265,11 +273,14 @@ def test_topics_strimzi_version_cluster_label_and_join_changelog() -> None:
         "config": {"retention.ms": "604800000", "cleanup.policy": "delete"},
     }
     pending = next(
-        t for t in topics.values() if t["spec"]["topicName"] == "everything.join-trips.pending"
+        t
+        for t in topics.values()
+        if t["spec"]["topicName"] == changelog_topic("everything", "join-trips")
     )
     # Same partitions as the join's input, compacted: it is a changelog of open pairs.
     assert pending["spec"]["partitions"] == 6
     assert pending["spec"]["config"] == {"cleanup.policy": "compact"}
+    assert pending["metadata"]["labels"][naming.STEP_LABEL] == "join-trips"
 
 
 def test_owner_references_only_within_the_namespace() -> None:
@@ -334,8 +345,8 @@ def test_platform_defaults_fill_an_empty_kafka_and_redis() -> None:
     step = by_kind(out.manifests, "Deployment")["trip-metrics-step-by-region"]
     env = {e["name"]: e["value"] for e in step["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env == {
-        "FLOWMILL_BOOTSTRAP_SERVERS": "events-kafka-bootstrap.kafka.svc:9092",
-        "FLOWMILL_REDIS_URL": "redis://shared:6379/0",
+        ENV_BOOTSTRAP_SERVERS: "events-kafka-bootstrap.kafka.svc:9092",
+        ENV_REDIS_URL: "redis://shared:6379/0",
     }
 
     # A Pipeline with a Kafka of its own keeps it, and manages its topics itself.

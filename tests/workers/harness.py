@@ -13,7 +13,7 @@ from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.manifest import parse_pipeline
-from flowmill.spec import Pipeline
+from flowmill.spec import Pipeline, all_topics
 
 _counter = 0
 
@@ -36,8 +36,9 @@ def pipeline(name: str, topics: list[dict[str, Any]], steps: list[dict[str, Any]
     )
 
 
-def create_topics(kafka: EmbeddedKafka, p: Pipeline, extra: Iterable[tuple[str, int]] = ()) -> None:
-    kafka.create_topics([(t.name, t.partitions) for t in p.spec.topics] + list(extra))
+def create_topics(kafka: EmbeddedKafka, p: Pipeline) -> None:
+    """Every topic the Pipeline needs, as `flowmill run` and the operator create them."""
+    kafka.create_topics([(t.name, t.partitions) for t in all_topics(p)])
 
 
 async def produce(

@@ -11,10 +11,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from flowmill_workers.runtime.source_runner import SourceConfig, SourceRunner
 from flowmill_workers.sources.base import SourceContext
-from flowmill_workers.sources.kafka_mirror import KafkaMirror, group_id
+from flowmill_workers.sources.kafka_mirror import KafkaMirror
 
 from flowmill.local.kafka import EmbeddedKafka
-from flowmill.spec import Pipeline
+from flowmill.spec import Pipeline, mirror_group
 from tests.workers.test_sources_support import RunningSource, consume, source_pipeline, unique
 
 pytestmark = pytest.mark.kafka
@@ -104,7 +104,7 @@ async def test_mirror_copies_records_with_keys_and_resumes_from_its_group(
     assert {r.headers["flowmill-source"] for r in copies} == {f"{name}.upstream".encode()}
 
     ends = await consume_ends(bootstrap, upstream)
-    assert await committed(bootstrap, group_id(name, "upstream"), upstream) == ends
+    assert await committed(bootstrap, mirror_group(name, "upstream"), upstream) == ends
 
 
 async def consume_ends(bootstrap: str, topic: str) -> dict[int, int]:

@@ -9,7 +9,6 @@ from typing import Any
 import duckdb
 import redis
 from flowmill_workers.runtime.dead_letter import REASON_HEADER
-from flowmill_workers.steps.correlate import changelog_topic
 
 from flowmill import serving
 from flowmill.local.kafka import EmbeddedKafka
@@ -181,7 +180,7 @@ async def test_correlate_joins_start_and_end(kafka_broker: EmbeddedKafka) -> Non
             }
         ],
     )
-    create_topics(kafka_broker, p, extra=[(changelog_topic(name, "trips"), 2)])
+    create_topics(kafka_broker, p)
     start_events = [{"trip_id": f"t{i}", "fare": 10 + i} for i in range(40)]
     end_events = [{"trip_id": f"t{i}", "dropoff": f"z{i % 5}"} for i in range(0, 40, 2)]
     await produce(kafka_broker.bootstrap_servers, starts, start_events, key_field="trip_id")

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-DEFAULT_METRICS_PORT = 9400
+from flowmill.spec.launch import WORKER_METRICS_PORT
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +21,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=DEFAULT_METRICS_PORT,
-        help=f"port of /metrics, /healthz, /readyz (default {DEFAULT_METRICS_PORT}; 0 picks one)",
+        default=WORKER_METRICS_PORT,
+        help=f"port of /metrics, /healthz, /readyz (default {WORKER_METRICS_PORT}; 0 picks one)",
     )
     parser.add_argument("--batch-size", type=int, default=5000, help="events per batch")
     parser.set_defaults(handler=run)
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, pipeline: object) -> int:
     from flowmill.connections import bootstrap_servers, redis_url
     from flowmill.spec import Pipeline
-    from flowmill_workers.runtime.http import WorkerHttp
+    from flowmill_workers.runtime.http import serve_worker
     from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 
     assert isinstance(pipeline, Pipeline)
@@ -69,13 +69,5 @@ async def _run(args: argparse.Namespace, pipeline: object) -> int:
         redis_url=redis_url(pipeline, args.redis_url) if needs_redis else None,
         batch_size=args.batch_size,
     )
-    runner = StepRunner(pipeline, args.step, config)
-    http = WorkerHttp(runner.metrics.registry, runner.ready)
-    await http.start(args.metrics_port)
-    try:
-        await runner.start()
-        await runner.run(stop)
-    finally:
-        await runner.stop()
-        await http.stop()
+    await serve_worker(StepRunner(pipeline, args.step, config), stop, args.metrics_port)
     return 0

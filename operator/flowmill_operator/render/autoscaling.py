@@ -8,7 +8,7 @@ step's total lag by its replicas, so lagPerReplica is exactly the per-worker tar
 
 from __future__ import annotations
 
-from flowmill.spec import StepSpec
+from flowmill.spec import StepSpec, consumer_group
 from flowmill_operator import naming
 from flowmill_operator.render.context import Manifest, RenderContext
 from flowmill_operator.render.scaling import StepScale
@@ -90,7 +90,7 @@ def _scaled_object(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Mani
             "type": "kafka",
             "metadata": {
                 "bootstrapServers": ctx.bootstrap_servers(),
-                "consumerGroup": naming.consumer_group(ctx.name, step.name),
+                "consumerGroup": consumer_group(ctx.name, step.name),
                 "topic": topic,
                 "lagThreshold": str(step.autoscaling.lag_per_replica),
                 "offsetResetPolicy": "earliest",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowmill.manifest import FieldError
-from flowmill.spec import Pipeline
+from flowmill.spec import ENV_REDIS_URL, Pipeline, strimzi_bootstrap_servers
 from flowmill_operator import naming
 from flowmill_operator.settings import RenderSettings
 
@@ -49,8 +49,7 @@ def kafka_target(pipeline: Pipeline, namespace: str, settings: RenderSettings) -
         servers = settings.default_bootstrap_servers
     topic_ns = topic_ns or namespace
     if servers is None and cluster:
-        # Strimzi's plain listener, qualified so it resolves from any namespace.
-        servers = f"{cluster}-kafka-bootstrap.{topic_ns}.svc:9092"
+        servers = strimzi_bootstrap_servers(cluster, topic_ns)
     return KafkaTarget(cluster, topic_ns, servers)
 
 
@@ -106,14 +105,14 @@ class RenderContext:
         return servers
 
     def redis_env(self) -> list[Manifest]:
-        """FLOWMILL_REDIS_URL as a value, from the Secret the spec names, or the
+        """The Redis URL variable as a value, from the Secret the spec names, or the
         operator's default Redis."""
         redis = self.pipeline.spec.redis
         if redis.secret_ref is not None:
             ref = {"name": redis.secret_ref.name, "key": redis.secret_ref.key}
-            return [{"name": "FLOWMILL_REDIS_URL", "valueFrom": {"secretKeyRef": ref}}]
+            return [{"name": ENV_REDIS_URL, "valueFrom": {"secretKeyRef": ref}}]
         url = redis.url or self.settings.default_redis_url
-        return [{"name": "FLOWMILL_REDIS_URL", "value": url}] if url else []
+        return [{"name": ENV_REDIS_URL, "value": url}] if url else []
 
 
 def preflight(pipeline: Pipeline, settings: RenderSettings) -> None:

@@ -3,7 +3,7 @@ topics."""
 
 from __future__ import annotations
 
-from flowmill.spec import TopicSpec
+from flowmill.spec import PipelineTopic, all_topics
 from flowmill_operator import naming
 from flowmill_operator.render.context import Manifest, RenderContext
 
@@ -14,46 +14,26 @@ def kafka_topics(ctx: RenderContext) -> list[Manifest]:
     cluster = ctx.kafka.cluster
     if not cluster:
         return []
-    spec = ctx.pipeline.spec
-    topics = [_topic(ctx, cluster, t.name, t.partitions, t.replicas, t.config) for t in spec.topics]
-    for step in spec.steps:
-        if step.correlate is None:
-            continue
-        # A join keeps unmatched events per input partition in a compacted changelog, so
-        # the changelog has the input's partitions and is as durable as the input.
-        source: TopicSpec = spec.topic(step.from_)
-        topics.append(
-            _topic(
-                ctx,
-                cluster,
-                naming.pending_topic(ctx.name, step.name),
-                source.partitions,
-                source.replicas,
-                {"cleanup.policy": "compact"},
-                step=step.name,
-            )
-        )
-    return topics
+    return [_topic(ctx, cluster, topic) for topic in all_topics(ctx.pipeline)]
 
 
-def _topic(
-    ctx: RenderContext,
-    cluster: str,
-    topic: str,
-    partitions: int,
-    replicas: int,
-    config: dict[str, str],
-    step: str | None = None,
-) -> Manifest:
+def _topic(ctx: RenderContext, cluster: str, topic: PipelineTopic) -> Manifest:
+    labels = {"strimzi.io/cluster": cluster}
+    if topic.step:
+        labels[naming.STEP_LABEL] = topic.step
     meta = ctx.metadata(
-        naming.kafka_topic_resource(ctx.name, topic),
+        naming.kafka_topic_resource(ctx.name, topic.name),
         "topic",
         namespace=ctx.kafka.namespace,
-        extra_labels={"strimzi.io/cluster": cluster, **({naming.STEP_LABEL: step} if step else {})},
+        extra_labels=labels,
     )
-    body: Manifest = {"topicName": topic, "partitions": partitions, "replicas": replicas}
-    if config:
-        body["config"] = dict(config)
+    body: Manifest = {
+        "topicName": topic.name,
+        "partitions": topic.partitions,
+        "replicas": topic.replicas,
+    }
+    if topic.config:
+        body["config"] = dict(topic.config)
     return {
         "apiVersion": ctx.settings.strimzi_api_version,
         "kind": "KafkaTopic",

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowmill.spec import SourceSpec, StepSpec
+from flowmill.spec import (
+    API_PORT,
+    ENV_API_KEYS_DIR,
+    ENV_BOOTSTRAP_SERVERS,
+    WORKER_METRICS_PORT,
+    SourceSpec,
+    StepSpec,
+    api_args,
+    worker_args,
+)
 from flowmill_operator import naming
 from flowmill_operator.render.context import Manifest, RenderContext
 from flowmill_operator.render.scaling import StepScale
@@ -40,9 +49,9 @@ def source_deployment(ctx: RenderContext, source: SourceSpec) -> Manifest:
     container = _container(
         ctx,
         "worker",
-        ["worker", "--pipeline", naming.PIPELINE_FILE, "--source", source.name],
+        worker_args(naming.PIPELINE_FILE, "source", source.name),
         port_name="metrics",
-        port=naming.WORKER_METRICS_PORT,
+        port=WORKER_METRICS_PORT,
         env=_kafka_env(ctx),
     )
     # One poller or replayer per source: a second one would ingest every event twice, and
@@ -76,9 +85,9 @@ def step_deployment(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Man
     container = _container(
         ctx,
         "worker",
-        ["worker", "--pipeline", naming.PIPELINE_FILE, "--step", step.name],
+        worker_args(naming.PIPELINE_FILE, "step", step.name),
         port_name="metrics",
-        port=naming.WORKER_METRICS_PORT,
+        port=WORKER_METRICS_PORT,
         env=env,
         env_from=env_from,
         mounts=mounts,
@@ -104,13 +113,13 @@ def api_deployment(ctx: RenderContext) -> Manifest:
     if api.api_keys_secret:
         volumes.append({"name": "api-keys", "secret": {"secretName": api.api_keys_secret}})
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
-        env.append({"name": "FLOWMILL_API_KEYS_DIR", "value": API_KEYS_MOUNT})
+        env.append({"name": ENV_API_KEYS_DIR, "value": API_KEYS_MOUNT})
     container = _container(
         ctx,
         "api",
-        ["api", "--pipeline", naming.PIPELINE_FILE, "--port", str(naming.API_PORT)],
+        api_args(naming.PIPELINE_FILE, port=API_PORT),
         port_name="http",
-        port=naming.API_PORT,
+        port=API_PORT,
         env=env,
         mounts=mounts,
     )
@@ -133,15 +142,13 @@ def api_service(ctx: RenderContext) -> Manifest:
         "spec": {
             "type": ctx.pipeline.spec.api.service_type,
             "selector": naming.selector_labels(ctx.name, "api"),
-            "ports": [
-                {"name": "http", "port": naming.API_PORT, "targetPort": "http", "protocol": "TCP"}
-            ],
+            "ports": [{"name": "http", "port": API_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 
 
 def _kafka_env(ctx: RenderContext) -> list[Manifest]:
-    return [{"name": "FLOWMILL_BOOTSTRAP_SERVERS", "value": ctx.bootstrap_servers()}]
+    return [{"name": ENV_BOOTSTRAP_SERVERS, "value": ctx.bootstrap_servers()}]
 
 
 def _container(

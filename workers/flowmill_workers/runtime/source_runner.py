@@ -27,8 +27,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from flowmill.spec import Pipeline, SourceSpec
-from flowmill_workers.runtime.http import WorkerHttp
+from flowmill.spec import Pipeline, SourceSpec, source_transactional_id
+from flowmill_workers.runtime.http import serve_worker
 from flowmill_workers.runtime.metrics import WorkerMetrics
 from flowmill_workers.sources import Chunk, Source, SourceContext, build_source
 from flowmill_workers.sources.base import OutRecord
@@ -57,11 +57,6 @@ class SourceConfig:
     rates, at the cost of this much latency."""
     queue_chunks: int = 8
     """Chunks a source may read ahead while a transaction commits."""
-
-
-def transactional_id(pipeline: str, source: str) -> str:
-    """Stable per source, so a restarted instance fences its predecessor."""
-    return f"flowmill.{pipeline}.{source}"
 
 
 class _End:
@@ -105,7 +100,7 @@ class SourceRunner:
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.config.bootstrap_servers,
             client_id=f"{self.config.client_id}-{self.spec.name}",
-            transactional_id=transactional_id(self.pipeline.name, self.spec.name),
+            transactional_id=source_transactional_id(self.pipeline.name, self.spec.name),
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
@@ -334,14 +329,4 @@ async def run_source(
     """What `flowmill worker --source NAME` runs: the source, and /metrics, /healthz and
     /readyz on `metrics_port` when one is given (0 picks a free port)."""
     runner = SourceRunner(pipeline, source_name, SourceConfig(bootstrap_servers))
-    http: WorkerHttp | None = None
-    if metrics_port is not None:
-        http = WorkerHttp(runner.metrics.registry, runner.ready)
-        await http.start(metrics_port)
-    try:
-        await runner.start()
-        await runner.run(stop_event)
-    finally:
-        await runner.stop()
-        if http is not None:
-            await http.stop()
+    await serve_worker(runner, stop_event, metrics_port)

@@ -5,7 +5,7 @@ error is a downstream step's dead letter, not a mirror crash). With the source's
 set, a record whose value is a JSON object holding that field is re-keyed by it; any
 other record keeps its key.
 
-The consumer group is `flowmill.{pipeline}.{source}` and its offsets are the position:
+The consumer group is flowmill.spec.mirror_group() and its offsets are the position:
 - same cluster: the offsets are committed inside the transaction that writes the copies
   (send_offsets_to_transaction), so a crash can neither lose nor duplicate a record;
 - another cluster: a transaction cannot span two clusters, so offsets are committed right
@@ -22,14 +22,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from flowmill.spec import mirror_group
 from flowmill_workers.events import BadEvent, decode, key_of
 from flowmill_workers.sources.base import Chunk, OutRecord, Position, Source, SourceContext
 
 CHUNK = 5000
-
-
-def group_id(pipeline: str, source: str) -> str:
-    return f"flowmill.{pipeline}.{source}"
 
 
 def _servers(value: str) -> set[str]:
@@ -48,7 +45,7 @@ class KafkaMirror(Source):
         if offsets_in_transaction is None:
             offsets_in_transaction = _servers(self.servers) == _servers(ctx.bootstrap_servers)
         self.offsets_in_transaction = offsets_in_transaction
-        self.group = group_id(ctx.pipeline, self.name)
+        self.group = mirror_group(ctx.pipeline, self.name)
         self.consumer: AIOKafkaConsumer | None = None
         self.offsets: dict[TopicPartition, int] = {}
 

@@ -13,13 +13,8 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from flowmill.spec import Pipeline, StepSpec, duration_seconds
+from flowmill.spec import Pipeline, StepSpec, changelog_topic, duration_seconds
 from flowmill_workers.events import BadEvent, Event, key_of
-
-
-def changelog_topic(pipeline: str, step: str) -> str:
-    """The compacted topic holding a join step's pending events."""
-    return f"{pipeline}.{step}.pending"
 
 
 @dataclass(slots=True)

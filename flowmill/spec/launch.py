@@ -1,0 +1,56 @@
+"""How the processes of a Pipeline are started: their command lines, the environment
+variables that tell them where Kafka and Redis are, and their ports.
+
+A Deployment (rendered by the operator) and a child of `flowmill run` start the same
+`flowmill worker` / `flowmill api` commands; both build them here, and the `flowmill`
+parsers (flowmill_workers.command, flowmill_api.command) read them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+WorkerKind = Literal["source", "step"]
+
+ENV_BOOTSTRAP_SERVERS = "FLOWMILL_BOOTSTRAP_SERVERS"
+"""Kafka bootstrap servers of the workers and the API."""
+ENV_REDIS_URL = "FLOWMILL_REDIS_URL"
+"""Redis of the serving tables (a Secret's value in a cluster)."""
+ENV_API_KEYS_DIR = "FLOWMILL_API_KEYS_DIR"
+"""A directory whose files each hold one accepted API key (a Secret mounted as a volume)."""
+
+WORKER_METRICS_PORT = 9400
+"""A worker's /metrics, /healthz and /readyz."""
+API_PORT = 8000
+"""The serving API."""
+
+
+def worker_args(
+    pipeline_file: str,
+    kind: WorkerKind,
+    name: str,
+    *,
+    bootstrap_servers: str | None = None,
+    redis_url: str | None = None,
+    metrics_port: int | None = None,
+) -> list[str]:
+    """Arguments of `flowmill` that run one source or step; what is left out comes from
+    the environment or the defaults."""
+    args = ["worker", "--pipeline", pipeline_file, f"--{kind}", name]
+    if bootstrap_servers is not None:
+        args += ["--bootstrap-servers", bootstrap_servers]
+    if redis_url is not None:
+        args += ["--redis-url", redis_url]
+    if metrics_port is not None:
+        args += ["--metrics-port", str(metrics_port)]
+    return args
+
+
+def api_args(
+    pipeline_file: str, *, port: int = API_PORT, redis_url: str | None = None
+) -> list[str]:
+    """Arguments of `flowmill` that serve a Pipeline's API."""
+    args = ["api", "--pipeline", pipeline_file, "--port", str(port)]
+    if redis_url is not None:
+        args += ["--redis-url", redis_url]
+    return args
