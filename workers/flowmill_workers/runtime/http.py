@@ -3,10 +3,42 @@ kubelet's probes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from flowmill_workers.runtime.metrics import WorkerMetrics
+
+
+class Worker(Protocol):
+    """What a source runner and a step runner have in common."""
+
+    metrics: WorkerMetrics
+
+    def ready(self) -> tuple[bool, str]: ...
+    async def start(self) -> None: ...
+    async def run(self, stop: asyncio.Event) -> None: ...
+    async def stop(self) -> None: ...
+
+
+async def serve_worker(worker: Worker, stop: asyncio.Event, metrics_port: int | None) -> None:
+    """Run a source or step until `stop`, with /metrics, /healthz and /readyz on
+    `metrics_port` when one is given (0 picks a free port); the probes answer while the
+    worker is still starting, so the kubelet sees it as alive but not ready."""
+    http: WorkerHttp | None = None
+    if metrics_port is not None:
+        http = WorkerHttp(worker.metrics.registry, worker.ready)
+        await http.start(metrics_port)
+    try:
+        await worker.start()
+        await worker.run(stop)
+    finally:
+        await worker.stop()
+        if http is not None:
+            await http.stop()
 
 
 class WorkerHttp:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -52,9 +56,9 @@ class WorkerMetrics:
             "flowmill_partitions_assigned", "Input partitions this worker owns.", labels, registry=r
         )
 
-    def labels(self, metric: Counter | Gauge | Histogram) -> Counter | Gauge | Histogram:
+    def labels(self, metric: _Metric) -> _Metric:
         """The metric's child for this worker."""
-        return metric.labels(*self._values)  # type: ignore[no-any-return]
+        return metric.labels(*self._values)
 
     def lag(self, topic: str, partition: int, value: int) -> None:
         self.consumer_lag.labels(*self._values, topic, str(partition)).set(value)

@@ -102,6 +102,10 @@ class ParquetLake:
             path = f"{directory}/{topic}-{partition}-{buf.first}-{buf.next}.parquet"
             pq.write_table(_table(rows), path, filesystem=self.fs)
 
+    def drop(self, topic: str, partition: int) -> None:
+        """Forget a partition's buffered rows without writing them."""
+        self.buffers.pop((topic, partition), None)
+
     def discard_uncommitted(self, topic: str, partition: int, committed: int) -> int:
         """Delete files of this partition that start at or after the committed offset."""
         prefix = f"{topic}-{partition}-"
@@ -121,7 +125,7 @@ class ParquetLake:
             if first >= committed:
                 self.fs.delete_file(info.path)
                 removed += 1
-        self.buffers.pop((topic, partition), None)
+        self.drop(topic, partition)
         return removed
 
 

@@ -12,6 +12,7 @@ The layout is documented in flowmill.serving.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,7 +205,7 @@ class RedisTableSink:
         pipe: Any,
         rng: PartitionRange,
         updates: list[list[Any]],
-        aggregates: list[tuple[str, str, str | None]],
+        aggregates: Sequence[tuple[str, str, str | None]],
         size_ms: int,
         retain: int,
         watermark: int | None,

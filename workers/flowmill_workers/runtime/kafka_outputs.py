@@ -1,0 +1,50 @@
+"""Hands a batch's Kafka records to the producer: the sink topic's outputs and the dead
+letters. Every durability strategy sends them; only the Kafka transaction makes them
+exactly-once (the others send them before their own commit: at least once)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+
+from flowmill.spec import StepSpec
+from flowmill_workers.runtime.batch_compute import PartitionResult
+from flowmill_workers.runtime.dead_letter import dead_letter_record
+
+log = logging.getLogger("flowmill.worker")
+
+
+class KafkaOutputs:
+    """The step's producer and the topics its batches write."""
+
+    def __init__(self, producer: AIOKafkaProducer, pipeline: str, step: StepSpec) -> None:
+        self.producer = producer
+        self.pipeline = pipeline
+        self.step = step.name
+        self.sink_topic = step.sink.kafka.topic if step.sink and step.sink.kafka else None
+        self.dead_topic = step.dead_letter_topic()
+
+    async def send(self, results: list[PartitionResult]) -> None:
+        """Send every record of the batch and wait until all are acknowledged."""
+        producer = self.producer
+        futures = []
+        for r in results:
+            if self.sink_topic is not None:
+                for key, value in r.outputs:
+                    futures.append(await producer.send(self.sink_topic, value, key=key))
+            if r.dead and self.dead_topic is None:
+                log.warning(
+                    "dropped %d bad event(s) (step has no deadLetter topic); first: %s",
+                    len(r.dead),
+                    r.dead[0].reason,
+                )
+                continue
+            for dead in r.dead:
+                payload, key, headers = dead_letter_record(dead, self.pipeline, self.step)
+                futures.append(
+                    await producer.send(self.dead_topic, payload, key=key, headers=headers)
+                )
+        if futures:
+            await asyncio.gather(*futures)
