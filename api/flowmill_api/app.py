@@ -18,7 +18,7 @@ from flowmill_api.errors import install_error_handlers
 from flowmill_api.fastpath import FastPath
 from flowmill_api.live import LiveHub
 from flowmill_api.metrics import ApiMetrics, MetricsMiddleware
-from flowmill_api.resp import RedisPool
+from flowmill_api.redis_pool import RedisPool
 from flowmill_api.routes import catalog, dashboard, health, latest, live, windows
 from flowmill_api.security import SecurityMiddleware
 from flowmill_api.settings import ApiSettings

@@ -3,8 +3,9 @@
 - 404 names the missing resource (`pipeline`, `table`, `key`, `window`) and its name, so a
   typo in a URL is obvious;
 - 422 names every bad parameter and where it was (`query`, `path`);
-- 503 (Redis unreachable) carries Retry-After: the process stays up and answers again as
-  soon as Redis is back, because redis-py reconnects on the next command.
+- 503 (Redis unreachable, still loading its data, or refusing a command) carries
+  Retry-After: the process stays up and answers again as soon as Redis is back, because
+  both Redis clients reconnect on the next command.
 """
 
 from __future__ import annotations
@@ -14,21 +15,16 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from flowmill_api.responses import JsonResponse
 
 log = logging.getLogger("flowmill.api")
 
-REDIS_DOWN_ERRORS: tuple[type[Exception], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
-"""What an unreachable, restarting or overloaded Redis raises (BusyLoadingError, raised
-while Redis loads its data, is a ConnectionError)."""
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, ConnectionError, TimeoutError)
+"""What a Redis read can raise: an unreachable, restarting or overloaded server, one still
+loading its data (BusyLoadingError), or an error reply (OOM, a script error). Each is a
+503: the client cannot fix its request, and the next try may succeed."""
 
 
 class ApiError(Exception):
@@ -102,12 +98,19 @@ def _validation_error(request: Request, exc: Exception) -> JsonResponse:
     )
 
 
-def redis_unavailable_response(retry_after: int, exc: BaseException) -> JsonResponse:
-    """The 503 every route answers while Redis cannot be reached."""
+def api_error_response(exc: ApiError, retry_after: int) -> JsonResponse:
+    """The answer to one of our errors, on either path."""
+    headers = {"Retry-After": str(retry_after)} if exc.status_code == 503 else None
+    return JsonResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+
+def redis_error_response(exc: BaseException, retry_after: int, path: str) -> JsonResponse:
+    """The 503 every route answers while Redis cannot answer, on either path."""
+    log.warning("Redis unavailable on %s: %s: %s", path, type(exc).__name__, exc)
     return JsonResponse(
         {
             "error": "redis_unavailable",
-            "detail": f"Redis is unreachable ({type(exc).__name__}); retry shortly",
+            "detail": f"Redis cannot answer ({type(exc).__name__}); retry shortly",
         },
         status_code=503,
         headers={"Retry-After": str(retry_after)},
@@ -115,18 +118,16 @@ def redis_unavailable_response(retry_after: int, exc: BaseException) -> JsonResp
 
 
 def install_error_handlers(app: FastAPI, retry_after: int) -> None:
-    """Map our errors, validation errors and Redis outages to JSON responses."""
+    """Map our errors, validation errors and Redis errors to JSON responses."""
 
     def api_error(request: Request, exc: Exception) -> JsonResponse:
         assert isinstance(exc, ApiError)
-        headers = {"Retry-After": str(retry_after)} if exc.status_code == 503 else None
-        return JsonResponse(exc.body(), status_code=exc.status_code, headers=headers)
+        return api_error_response(exc, retry_after)
 
-    def redis_down(request: Request, exc: Exception) -> JsonResponse:
-        log.warning("Redis unavailable on %s: %s", request.url.path, exc)
-        return redis_unavailable_response(retry_after, exc)
+    def redis_error(request: Request, exc: Exception) -> JsonResponse:
+        return redis_error_response(exc, retry_after, request.url.path)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for exc_type in REDIS_DOWN_ERRORS:
-        app.add_exception_handler(exc_type, redis_down)
+    for exc_type in REDIS_ERRORS:
+        app.add_exception_handler(exc_type, redis_error)

@@ -2,93 +2,77 @@
 
 A window lookup is one Redis round trip; FastAPI's routing, dependency solving and
 parameter validation cost as much CPU again, which halves what one process serves. This
-pure-ASGI layer answers the plain, well-formed forms of the hottest routes itself (a
-key's current window, its latest N windows, the current window's top keys, one
-latest-state entry) through the same store and error code as the routes. Anything else
-(an unknown pipeline or table, an unexpected or invalid parameter) falls through to
-FastAPI, so 404/422 bodies and the OpenAPI document keep one source: the routes.
+pure-ASGI layer answers the hottest routes (a key's current window, its latest N
+windows, the current window's top keys, one latest-state entry) when their parameters
+are valid: it only reads the request and sends the answer. What is answered, 404s and
+422s on the table included, comes from flowmill_api.queries, which the routes call too;
+parameters are read by flowmill_api.params, as the routes read them. A request with a
+parameter the route would refuse, or one it does not know, falls through to FastAPI, so
+parameter 422s and the OpenAPI document keep one source: the routes.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-import orjson
 from fastapi import FastAPI
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from flowmill_api.errors import REDIS_DOWN_ERRORS, NotFound, redis_unavailable_response
-from flowmill_api.state import MAX_PAGE, AppState
+from flowmill_api import queries
+from flowmill_api.errors import REDIS_ERRORS, ApiError, api_error_response, redis_error_response
+from flowmill_api.params import DEFAULT_COUNT, DEFAULT_ORDER, PAGE, SORT_ORDERS
+from flowmill_api.responses import dumps
+from flowmill_api.state import AppState
 
-_SEGMENT = "([^/]+)"
-_TABLE = f"^/pipelines/{_SEGMENT}/tables/{_SEGMENT}"
-Handler = Callable[[AppState, tuple[str, ...], dict[str, str]], Awaitable[Any]]
-
-
-def _int(text: str | None, default: int, low: int, high: int) -> int | None:
-    if text is None:
-        return default
-    if not text.isdigit():
-        return None
-    value = int(text)
-    return value if low <= value <= high else None
+Query = dict[str, str]
 
 
-async def _current(state: AppState, groups: tuple[str, ...], query: dict[str, str]) -> Any:
-    if query:
-        return None
-    pipeline, table, key = groups
-    t = state.catalog.table(pipeline, table, "window")
-    _, windows = await state.store.key_windows(t, key, last=1)
-    if not windows:
-        raise NotFound("key", key, pipeline=pipeline, table=table)
-    return windows[-1]
+class Handler(Protocol):
+    """The query to answer a request with, or None when the route must answer it."""
+
+    def __call__(
+        self, state: AppState, groups: tuple[str, ...], query: Query
+    ) -> Awaitable[queries.Body] | None: ...
 
 
-async def _latest(state: AppState, groups: tuple[str, ...], query: dict[str, str]) -> Any:
-    n = _int(query.pop("n", None), 10, 1, MAX_PAGE)
+def _count(query: Query) -> int | None:
+    text = query.pop("n", None)
+    return DEFAULT_COUNT if text is None else PAGE.accept(text)
+
+
+def _current(state: AppState, groups: tuple[str, ...], query: Query) -> Awaitable[Any] | None:
+    return None if query else queries.current_window(state, *groups)
+
+
+def _latest(state: AppState, groups: tuple[str, ...], query: Query) -> Awaitable[Any] | None:
+    n = _count(query)
     if n is None or query:
         return None
     pipeline, table, key = groups
-    t = state.catalog.table(pipeline, table, "window")
-    exists, windows = await state.store.key_windows(t, key, last=n)
-    if not exists:
-        raise NotFound("key", key, pipeline=pipeline, table=table)
-    return {"pipeline": pipeline, "table": table, "key": key, "windows": windows}
+    return queries.latest_windows(state, pipeline, table, key, n)
 
 
-async def _top(state: AppState, groups: tuple[str, ...], query: dict[str, str]) -> Any:
+def _top(state: AppState, groups: tuple[str, ...], query: Query) -> Awaitable[Any] | None:
+    by = query.pop("by", None)
+    n = _count(query)
+    order = query.pop("order", DEFAULT_ORDER)
+    if n is None or order not in SORT_ORDERS or query:
+        return None
     pipeline, table = groups
-    t = state.catalog.table(pipeline, table, "window")
-    by = query.pop("by", None) or t.aggregates[0].name
-    n = _int(query.pop("n", None), 10, 1, MAX_PAGE)
-    order = query.pop("order", "desc")
-    if n is None or query or order not in ("desc", "asc") or t.aggregate(by) is None:
-        return None
-    found = await state.store.top(t, None, by, n, order)
-    if found is None:
-        return None  # no windows yet: the route words that 404
-    start, keys = found
-    end = start + (t.window_size_ms or 0)
-    return {"pipeline": pipeline, "table": table, "start": start, "end": end, "by": by,
-            "order": order, "keys": keys}  # fmt: skip
+    return queries.top_keys(state, pipeline, table, None, by, n, order)
 
 
-async def _entry(state: AppState, groups: tuple[str, ...], query: dict[str, str]) -> Any:
-    if query:
-        return None
-    pipeline, table, key = groups
-    t = state.catalog.table(pipeline, table, "latest")
-    entry = await state.store.entry(t, key)
-    if entry is None:
-        raise NotFound("key", key, pipeline=pipeline, table=table)
-    return entry
+def _entry(state: AppState, groups: tuple[str, ...], query: Query) -> Awaitable[Any] | None:
+    return None if query else queries.entry(state, *groups)
 
 
+_SEGMENT = "([^/]+)"
+_TABLE = f"^/pipelines/{_SEGMENT}/tables/{_SEGMENT}"
 _ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     (
         "/pipelines/{pipeline}/tables/{table}/keys/{key}/windows/current",
@@ -129,44 +113,48 @@ class FastPath:
         return self._route_objects.get(template)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
+        state: AppState | None = getattr(self.fastapi_app.state, "flowmill", None)
+        if state is not None and scope["type"] == "http" and scope["method"] == "GET":
             path: str = scope["path"]
             for template, pattern, handler in _ROUTES:
                 match = pattern.match(path)
-                if match is not None:
-                    if await self._serve(scope, send, template, handler, match.groups()):
-                        return
-                    break
+                if match is None:
+                    continue
+                answer = handler(state, match.groups(), _query(scope))
+                if answer is not None:
+                    scope["route"] = self._route(template)  # metrics label it like the route
+                    await self._send(state, scope, send, answer)
+                    return
+                break
         await self.app(scope, receive, send)
 
-    async def _serve(
-        self, scope: Scope, send: Send, template: str, handler: Handler, groups: tuple[str, ...]
-    ) -> bool:
-        state: AppState | None = getattr(self.fastapi_app.state, "flowmill", None)
-        raw_query = scope.get("query_string", b"")
-        query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
-        if state is None or len(query) > 3 or "api_key" in query:
-            return False
-        status, headers = 200, [(b"content-type", b"application/json")]
+    async def _send(
+        self, state: AppState, scope: Scope, send: Send, answer: Awaitable[queries.Body]
+    ) -> None:
+        retry_after = state.settings.retry_after_seconds
+        error: Response
         try:
-            body = await handler(state, groups, query)
-        except NotFound as err:
-            if err.fields.get("resource") != "key":
-                return False  # unknown pipeline/table: the route answers
-            status, body = 404, err.body()
-        except REDIS_DOWN_ERRORS as err:
-            response = redis_unavailable_response(state.settings.retry_after_seconds, err)
-            scope["route"] = self._route(template)
-            await response(scope, _no_receive, send)
-            return True
-        if body is None:
-            return False
-        scope["route"] = self._route(template)  # metrics label it like the route
-        payload = orjson.dumps(body)
-        headers.append((b"content-length", str(len(payload)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
-        return True
+            payload = dumps(await answer)
+        except ApiError as err:
+            error = api_error_response(err, retry_after)
+        except REDIS_ERRORS as err:
+            error = redis_error_response(err, retry_after, scope["path"])
+        else:
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await error(scope, _no_receive, send)
+
+
+def _query(scope: Scope) -> Query:
+    """The query parameters as Starlette reads them (blank values kept, the last of a
+    repeated name wins), so both paths see the same values."""
+    raw: bytes = scope.get("query_string", b"")
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
 
 
 def _all_routes(routes: list[BaseRoute]) -> list[BaseRoute]:

@@ -30,7 +30,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from flowmill_api.catalog import Table
-from flowmill_api.errors import REDIS_DOWN_ERRORS
+from flowmill_api.errors import REDIS_ERRORS
 from flowmill_api.settings import ApiSettings
 from flowmill_api.store import TableStore
 
@@ -88,7 +88,7 @@ class LiveHub:
             entry = self.channels[channel] = _Channel()
             if self._pubsub is not None and self.connected.is_set():
                 # On failure the reconnect loop subscribes every wanted channel.
-                with contextlib.suppress(*REDIS_DOWN_ERRORS):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await self._pubsub.subscribe(channel)
         entry.subscribers.add(sub)
         try:
@@ -98,7 +98,7 @@ class LiveHub:
             if not entry.subscribers and self.channels.get(channel) is entry:
                 del self.channels[channel]
                 if self._pubsub is not None and self.connected.is_set():
-                    with contextlib.suppress(*REDIS_DOWN_ERRORS):
+                    with contextlib.suppress(*REDIS_ERRORS):
                         await self._pubsub.unsubscribe(channel)
 
     async def _close(self) -> None:
@@ -280,7 +280,7 @@ class LiveStream:
             if item is RESYNC:
                 try:
                     replayed = await self.catch_up()
-                except REDIS_DOWN_ERRORS:
+                except REDIS_ERRORS:
                     replayed = []
                 for event in replayed:
                     yield event

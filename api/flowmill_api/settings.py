@@ -54,8 +54,6 @@ class ApiSettings(BaseModel):
     replay_margin_ms: int = Field(default=60_000, ge=0)
     """On reconnect, latest-state entries updated up to this long before the last seen
     event are re-sent (their update times are producer times, which precede delivery)."""
-    max_page: int = Field(default=1000, ge=1)
-    """Largest `limit`/`n` a request may ask for."""
 
     @classmethod
     def from_env(

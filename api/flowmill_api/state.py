@@ -14,13 +14,6 @@ from flowmill_api.metrics import ApiMetrics
 from flowmill_api.settings import ApiSettings
 from flowmill_api.store import TableStore
 
-MAX_PAGE = 1000
-"""Largest `limit`/`n` of one request: bigger pages are slower than paging."""
-MAX_OFFSET = 1_000_000_000
-"""Offsets past this are refused (422) rather than handed to Redis as overflowing ranges."""
-TIME_BOUND = 2**53
-"""Epoch-ms parameters beyond ±2^53 are not times (and not exact in JavaScript)."""
-
 
 @dataclass
 class AppState:
@@ -30,7 +23,7 @@ class AppState:
     redis: aioredis.Redis
     """redis-py, for the live-update subscription."""
     store: TableStore
-    """Reads, through the pipelined pool (flowmill_api.resp)."""
+    """Reads, through the pipelined pool (flowmill_api.redis_pool)."""
     hub: LiveHub
 
 

@@ -16,7 +16,7 @@ import orjson
 
 from flowmill import serving
 from flowmill_api.catalog import INTEGER_OPS, Table
-from flowmill_api.resp import RedisPool
+from flowmill_api.redis_pool import RedisPool
 
 # KEYS[1] the key's window index. ARGV: 1 window hash prefix (…:w:{key}:), 2 mode
 # (`last`: the newest ARGV[5]; `range`: scores ARGV[3]..ARGV[4], at most ARGV[5]),

@@ -5,23 +5,28 @@ from the events independently of the workers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import subprocess
 import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import redis
 import uvicorn
 from fastapi import FastAPI
 from flowmill_api import ApiSettings, create_app
 
+from flowmill.local import find_binary
 from flowmill.local.kafka import EmbeddedKafka
-from flowmill.local.ports import free_port
+from flowmill.local.ports import LOOPBACK, free_port, spawn, tail, terminate
 from flowmill.spec import Pipeline
 from tests.workers.harness import create_topics, pipeline, produce, run_step, unique
 
@@ -74,6 +79,57 @@ class ApiServer:
 
 def serve(pipelines: list[Pipeline], redis_url: str, **settings: Any) -> ApiServer:
     return ApiServer(create_app(pipelines, redis_url, ApiSettings(**settings)))
+
+
+@contextlib.contextmanager
+def loading_redis(directory: Path, keys: int = 20_000) -> Iterator[str]:
+    """The URL of a real redis-server that answers every command with `LOADING` for
+    about 20 s: it restarts from a dump of `keys` keys, loading each 1 ms apart (Redis'
+    own `key-load-delay`) and answering clients between keys."""
+    binary = str(find_binary("redis-server"))
+    port = free_port()
+    common = ["--port", str(port), "--bind", LOOPBACK, "--dir", str(directory),
+              "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
+    log = directory / "redis.log"
+    proc = spawn([binary, *common], log)
+    try:
+        with redis.Redis(host=LOOPBACK, port=port, socket_connect_timeout=0.5) as client:
+            _wait_for_redis(client, proc, log, loading=False)
+            client.eval(f"for i = 1, {keys} do redis.call('SET', 'k' .. i, i) end", 0)
+            client.save()
+            client.shutdown(nosave=True)
+        proc.wait(10)
+        proc = spawn(
+            [binary, *common, "--key-load-delay", "1000",
+             "--loading-process-events-interval-bytes", "1024"],
+            log,
+        )  # fmt: skip
+        with redis.Redis(host=LOOPBACK, port=port, socket_connect_timeout=0.5) as client:
+            _wait_for_redis(client, proc, log, loading=True)
+        yield f"redis://{LOOPBACK}:{port}/0"
+    finally:
+        terminate(proc, grace=5)
+
+
+def _wait_for_redis(
+    client: redis.Redis, proc: subprocess.Popen[bytes], log: Path, *, loading: bool
+) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited ({proc.returncode}):\n{tail(log)}")
+        try:
+            client.ping()
+            if not loading:
+                return
+            raise RuntimeError("redis-server finished loading before it was used")
+        except redis.BusyLoadingError:
+            if loading:
+                return
+        except redis.ConnectionError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"redis-server did not answer within 15 s:\n{tail(log)}")
 
 
 # -- events and expectations -------------------------------------------------------------

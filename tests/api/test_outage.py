@@ -1,11 +1,13 @@
-"""Redis down: data routes answer 503 with Retry-After, /readyz fails, /healthz and the
-catalog keep answering; Redis back: the same process serves again (including live
-streams opened before the outage) without a restart."""
+"""Redis down or still loading its data: data routes answer 503 with Retry-After (the fast
+path and the FastAPI routes alike), /readyz fails, /healthz and the catalog keep
+answering; Redis back: the same process serves again (including live streams opened
+before the outage) without a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 
@@ -18,6 +20,8 @@ from tests.api.harness import (
     assert_window,
     collect,
     expected_windows,
+    loading_redis,
+    serve,
     sse_events,
     trips,
 )
@@ -25,31 +29,59 @@ from tests.api.harness import (
 BASE_MS = 1_763_800_000_000 - 1_763_800_000_000 % MINUTE
 
 
+def data_paths(served: Served) -> list[str]:
+    """A request of every data route; the plain forms of the hot routes are answered by
+    the fast path, so each is also asked with a parameter that sends it to the route."""
+    base = served.base("regions")
+    hot = [
+        f"{base}/keys/north/windows/current",
+        f"{base}/keys/north/windows/latest",
+        f"{base}/windows/current/top",
+        f"{served.base('vehicles')}/entries/v001",
+    ]
+    return [
+        *hot,
+        *(f"{path}?via=route" for path in hot),
+        f"{base}/keys/north/windows",
+        f"{base}/windows",
+        f"{base}/keys",
+        f"{served.base('vehicles')}/entries",
+        f"{served.base('vehicles')}/within?min_lat=40&min_lon=-75&max_lat=41&max_lon=-73",
+    ]
+
+
+def test_redis_loading_its_data_is_a_503(served: Served, tmp_path: Path) -> None:
+    with (
+        loading_redis(tmp_path) as url,
+        serve([served.pipeline], url) as api,
+        httpx.Client(base_url=api.url, timeout=10) as client,
+    ):
+        for path in data_paths(served):
+            r = client.get(path)
+            assert r.status_code == 503, (path, r.text)
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"] == "redis_unavailable"
+            assert "BusyLoadingError" in r.json()["detail"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "retry-after" in ready.headers
+        assert "BusyLoadingError" in ready.json()["checks"]["redis"]["detail"]
+        assert client.get("/healthz").status_code == 200
+
+
 async def test_redis_outage_and_recovery(
     api: ApiServer, served: Served, redis_server: EmbeddedRedis
 ) -> None:
     base = served.base("regions")
-    data_paths = [
-        f"{base}/keys/north/windows/current",
-        f"{base}/keys/north/windows/latest",
-        f"{base}/keys/north/windows",
-        f"{base}/windows",
-        f"{base}/windows/current/top",
-        f"{base}/keys",
-        f"{served.base('vehicles')}/entries",
-        f"{served.base('vehicles')}/entries/v001",
-        f"{served.base('vehicles')}/within?min_lat=40&min_lon=-75&max_lat=41&max_lon=-73",
-        f"{base}/events",
-    ]
+    paths = [*data_paths(served), f"{base}/events"]
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
-        assert (await client.get(data_paths[0])).status_code == 200
+        assert (await client.get(paths[0])).status_code == 200
         async with client.stream("GET", f"{base}/events") as live:
             stream = sse_events(live)
             await collect(stream, lambda ev: ev[-1][0] == "ready")
 
             redis_server.stop()
             try:
-                for path in data_paths:
+                for path in paths:
                     r = await client.get(path)
                     assert r.status_code == 503, (path, r.text)
                     assert int(r.headers["retry-after"]) >= 1
@@ -71,7 +103,7 @@ async def test_redis_outage_and_recovery(
                 assert time.monotonic() - started < 10, "not ready after Redis came back"
                 await asyncio.sleep(0.1)
             # The restarted Redis is empty (no persistence): a 404, not a 503.
-            r = await client.get(data_paths[0])
+            r = await client.get(paths[0])
             assert r.status_code == 404 and r.json()["resource"] == "key"
 
             # The worker refills it; the same API process serves the new values, and the

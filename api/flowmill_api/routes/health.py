@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from flowmill_api.errors import REDIS_DOWN_ERRORS
+from flowmill_api.errors import REDIS_ERRORS
 from flowmill_api.models import Health, Readiness
 from flowmill_api.responses import JsonResponse
 from flowmill_api.state import app_state
@@ -40,8 +40,8 @@ async def readyz(request: Request) -> JsonResponse:
     try:
         await asyncio.wait_for(state.store.ping(), state.settings.redis_timeout_seconds)
         checks["redis"] = {"ok": True, "detail": "PING answered"}
-    except REDIS_DOWN_ERRORS as err:
-        checks["redis"] = {"ok": False, "detail": f"unreachable: {type(err).__name__}: {err}"}
+    except REDIS_ERRORS as err:
+        checks["redis"] = {"ok": False, "detail": f"no answer: {type(err).__name__}: {err}"}
     ready = all(c["ok"] for c in checks.values())
     return JsonResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks},

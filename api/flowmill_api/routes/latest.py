@@ -3,22 +3,18 @@ latitude/longitude box (Smart City's vehicle map) when the table has geo fields.
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Query, Request
-
-from flowmill_api.errors import InvalidParameter, NotFound
+from flowmill_api import queries
 from flowmill_api.models import Entry, EntryPage, GeoResult
+from flowmill_api.params import DEFAULT_GEO_LIMIT, DEFAULT_LIMIT, GeoLimit, Lat, Limit, Lon, Offset
 from flowmill_api.responses import JsonResponse
-from flowmill_api.routes.common import ERRORS, KeyName, Limit, Offset, PipelineName, TableName
+from flowmill_api.routes.common import ERRORS, KeyName, PipelineName, TableName
 from flowmill_api.state import app_state
 
 router = APIRouter(tags=["latest-state"], responses=ERRORS)
 
 BASE = "/pipelines/{pipeline}/tables/{table}"
-Lat = Annotated[float, Query(ge=-90, le=90, description="Degrees.")]
-Lon = Annotated[float, Query(ge=-180, le=180, description="Degrees.")]
-GEO_PAGE = 10_000
 
 
 @router.get(
@@ -31,33 +27,17 @@ async def list_entries(
     pipeline: PipelineName,
     table: TableName,
     offset: Offset = 0,
-    limit: Limit = 100,
+    limit: Limit = DEFAULT_LIMIT,
 ) -> JsonResponse:
-    state = app_state(request)
-    t = state.catalog.table(pipeline, table, "latest")
-    total, entries = await state.store.entries(t, offset, limit)
-    return JsonResponse(
-        {
-            "pipeline": pipeline,
-            "table": table,
-            "total": total,
-            "offset": offset,
-            "limit": limit,
-            "entries": entries,
-        }
-    )
+    body = await queries.list_entries(app_state(request), pipeline, table, offset, limit)
+    return JsonResponse(body)
 
 
 @router.get(f"{BASE}/entries/{{key}}", response_model=Entry, summary="One key's latest event")
 async def get_entry(
     request: Request, pipeline: PipelineName, table: TableName, key: KeyName
 ) -> JsonResponse:
-    state = app_state(request)
-    t = state.catalog.table(pipeline, table, "latest")
-    entry = await state.store.entry(t, key)
-    if entry is None:
-        raise NotFound("key", key, pipeline=pipeline, table=table)
-    return JsonResponse(entry)
+    return JsonResponse(await queries.entry(app_state(request), pipeline, table, key))
 
 
 @router.get(
@@ -73,29 +53,8 @@ async def within_box(
     min_lon: Lon,
     max_lat: Lat,
     max_lon: Lon,
-    limit: Annotated[int, Query(ge=1, le=GEO_PAGE)] = 1000,
+    limit: GeoLimit = DEFAULT_GEO_LIMIT,
 ) -> JsonResponse:
-    if min_lat > max_lat:
-        raise InvalidParameter("min_lat", f"{min_lat} is above max_lat={max_lat}")
-    if min_lon > max_lon:
-        raise InvalidParameter("min_lon", f"{min_lon} is east of max_lon={max_lon}")
-    state = app_state(request)
-    t = state.catalog.table(pipeline, table, "latest")
-    if t.geo is None:
-        raise NotFound(
-            "table",
-            table,
-            detail=f"table '{table}' of pipeline '{pipeline}' has no positions "
-            "(its sink.redis.geo is unset)",
-        )
-    matched, entries = await state.store.within(t, min_lat, min_lon, max_lat, max_lon, limit)
-    return JsonResponse(
-        {
-            "pipeline": pipeline,
-            "table": table,
-            "box": {"min_lat": min_lat, "min_lon": min_lon, "max_lat": max_lat, "max_lon": max_lon},
-            "matched": matched,
-            "truncated": matched > len(entries),
-            "entries": entries,
-        }
-    )
+    box = (min_lat, min_lon, max_lat, max_lon)
+    body = await queries.within_box(app_state(request), pipeline, table, box, limit)
+    return JsonResponse(body)

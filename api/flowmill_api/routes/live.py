@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from flowmill_api.catalog import Table
-from flowmill_api.errors import REDIS_DOWN_ERRORS, ApiError, NotFound
+from flowmill_api.errors import REDIS_ERRORS, ApiError, NotFound
 from flowmill_api.live import LiveStream, Subscriber
 from flowmill_api.routes.common import ERRORS, PipelineName, TableName
 from flowmill_api.state import AppState, app_state
@@ -171,7 +171,7 @@ async def websocket(
             await ws.send_text(_ws({"type": "error", **err.body()}))
             await ws.close(code=4404 if err.status_code == 404 else 1013, reason=err.detail[:120])
             return
-        except REDIS_DOWN_ERRORS:
+        except REDIS_ERRORS:
             await ws.send_text(_ws({"type": "error", "error": "redis_unavailable"}))
             await ws.close(code=1013, reason="Redis is unreachable")
             return

@@ -7,37 +7,31 @@ StreamPulse's `/metrics/region/{id}?window=1m` is
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Path, Query, Request
-
-from flowmill_api.catalog import Table
-from flowmill_api.errors import InvalidParameter, NotFound
+from flowmill_api import queries
 from flowmill_api.models import KeyPage, TableWindowList, TopKeys, Window, WindowList
+from flowmill_api.params import (
+    DEFAULT_COUNT,
+    DEFAULT_LIMIT,
+    DEFAULT_ORDER,
+    By,
+    From,
+    KeyCount,
+    Limit,
+    Offset,
+    Order,
+    To,
+    WindowCount,
+    WindowStart,
+)
 from flowmill_api.responses import JsonResponse
-from flowmill_api.routes.common import ERRORS, KeyName, Limit, Offset, PipelineName, TableName
-from flowmill_api.state import MAX_PAGE, TIME_BOUND, app_state
+from flowmill_api.routes.common import ERRORS, KeyName, PipelineName, TableName
+from flowmill_api.state import app_state
 
 router = APIRouter(tags=["windows"], responses=ERRORS)
 
 BASE = "/pipelines/{pipeline}/tables/{table}"
-EpochMs = Annotated[int, Path(ge=-TIME_BOUND, le=TIME_BOUND, description="Window start (ms).")]
-From = Annotated[
-    int | None,
-    Query(alias="from", ge=-TIME_BOUND, le=TIME_BOUND, description="Earliest start (ms)."),
-]
-To = Annotated[
-    int | None, Query(ge=-TIME_BOUND, le=TIME_BOUND, description="Latest start (ms), inclusive.")
-]
-
-
-def _check_range(from_: int | None, to: int | None) -> None:
-    if from_ is not None and to is not None and from_ > to:
-        raise InvalidParameter("from", f"{from_} is after to={to}")
-
-
-def _key_missing(t: Table, key: str) -> NotFound:
-    return NotFound("key", key, pipeline=t.pipeline, table=t.name)
 
 
 @router.get(
@@ -50,21 +44,10 @@ async def list_keys(
     pipeline: PipelineName,
     table: TableName,
     offset: Offset = 0,
-    limit: Limit = 100,
+    limit: Limit = DEFAULT_LIMIT,
 ) -> JsonResponse:
-    state = app_state(request)
-    t = state.catalog.table(pipeline, table, "window")
-    total, keys = await state.store.keys(t, offset, limit)
-    return JsonResponse(
-        {
-            "pipeline": pipeline,
-            "table": table,
-            "total": total,
-            "offset": offset,
-            "limit": limit,
-            "keys": keys,
-        }
-    )
+    body = await queries.list_keys(app_state(request), pipeline, table, offset, limit)
+    return JsonResponse(body)
 
 
 @router.get(
@@ -75,12 +58,7 @@ async def list_keys(
 async def current_window(
     request: Request, pipeline: PipelineName, table: TableName, key: KeyName
 ) -> JsonResponse:
-    state = app_state(request)
-    t = state.catalog.table(pipeline, table, "window")
-    _, windows = await state.store.key_windows(t, key, last=1)
-    if not windows:
-        raise _key_missing(t, key)
-    return JsonResponse(windows[-1])
+    return JsonResponse(await queries.current_window(app_state(request), pipeline, table, key))
 
 
 @router.get(
@@ -93,14 +71,10 @@ async def latest_windows(
     pipeline: PipelineName,
     table: TableName,
     key: KeyName,
-    n: Annotated[int, Query(ge=1, le=MAX_PAGE, description="How many windows.")] = 10,
+    n: WindowCount = DEFAULT_COUNT,
 ) -> JsonResponse:
-    state = app_state(request)
-    t = state.catalog.table(pipeline, table, "window")
-    exists, windows = await state.store.key_windows(t, key, last=n)
-    if not exists:
-        raise _key_missing(t, key)
-    return JsonResponse({"pipeline": pipeline, "table": table, "key": key, "windows": windows})
+    body = await queries.latest_windows(app_state(request), pipeline, table, key, n)
+    return JsonResponse(body)
 
 
 @router.get(
@@ -115,24 +89,10 @@ async def window_range(
     key: KeyName,
     from_: From = None,
     to: To = None,
-    limit: Limit = 100,
+    limit: Limit = DEFAULT_LIMIT,
 ) -> JsonResponse:
-    _check_range(from_, to)
     state = app_state(request)
-    t = state.catalog.table(pipeline, table, "window")
-    exists, windows = await state.store.key_windows(t, key, start=from_, end=to, limit=limit + 1)
-    if not exists:
-        raise _key_missing(t, key)
-    next_from = windows.pop()["start"] if len(windows) > limit else None
-    return JsonResponse(
-        {
-            "pipeline": pipeline,
-            "table": table,
-            "key": key,
-            "windows": windows,
-            "next_from": next_from,
-        }
-    )
+    return JsonResponse(await queries.window_range(state, pipeline, table, key, from_, to, limit))
 
 
 @router.get(
@@ -141,20 +101,10 @@ async def window_range(
     summary="One window of a key, by its start",
 )
 async def one_window(
-    request: Request, pipeline: PipelineName, table: TableName, key: KeyName, start: EpochMs
+    request: Request, pipeline: PipelineName, table: TableName, key: KeyName, start: WindowStart
 ) -> JsonResponse:
-    state = app_state(request)
-    t = state.catalog.table(pipeline, table, "window")
-    exists, windows = await state.store.key_windows(t, key, start=start, end=start, limit=1)
-    if not exists:
-        raise _key_missing(t, key)
-    if not windows:
-        raise NotFound(
-            "window",
-            str(start),
-            detail=f"key '{key}' of table '{table}' has no window starting at {start}",
-        )
-    return JsonResponse(windows[0])
+    body = await queries.one_window(app_state(request), pipeline, table, key, start)
+    return JsonResponse(body)
 
 
 @router.get(
@@ -168,70 +118,10 @@ async def table_windows(
     table: TableName,
     from_: From = None,
     to: To = None,
-    limit: Limit = 100,
+    limit: Limit = DEFAULT_LIMIT,
 ) -> JsonResponse:
-    _check_range(from_, to)
-    state = app_state(request)
-    t = state.catalog.table(pipeline, table, "window")
-    starts = await state.store.table_windows(t, from_, to, limit + 1)
-    next_to = starts.pop() if len(starts) > limit else None
-    size = t.window_size_ms or 0
-    return JsonResponse(
-        {
-            "pipeline": pipeline,
-            "table": table,
-            "windows": [{"start": s, "end": s + size} for s in starts],
-            "next_to": next_to,
-        }
-    )
-
-
-By = Annotated[
-    str | None,
-    Query(description="Aggregate to rank by; defaults to the table's first aggregate."),
-]
-N = Annotated[int, Query(ge=1, le=MAX_PAGE, description="How many keys.")]
-Order = Annotated[Literal["desc", "asc"], Query(description="desc: largest first.")]
-
-
-async def _top(
-    request: Request,
-    pipeline: str,
-    table: str,
-    start: int | None,
-    by: str | None,
-    n: int,
-    order: str,
-) -> JsonResponse:
-    state = app_state(request)
-    t = state.catalog.table(pipeline, table, "window")
-    by = by or t.aggregates[0].name
-    if t.aggregate(by) is None:
-        raise InvalidParameter(
-            "by",
-            f"table '{table}' has no aggregate '{by}' (it has: {', '.join(t.aggregate_names)})",
-        )
-    found = await state.store.top(t, start, by, n, order)
-    if found is None:
-        name = "current" if start is None else str(start)
-        raise NotFound(
-            "window",
-            name,
-            detail=f"table '{table}' of pipeline '{pipeline}' has "
-            + ("no windows yet" if start is None else f"no window starting at {start}"),
-        )
-    window_start, keys = found
-    return JsonResponse(
-        {
-            "pipeline": pipeline,
-            "table": table,
-            "start": window_start,
-            "end": window_start + (t.window_size_ms or 0),
-            "by": by,
-            "order": order,
-            "keys": keys,
-        }
-    )
+    body = await queries.table_windows(app_state(request), pipeline, table, from_, to, limit)
+    return JsonResponse(body)
 
 
 @router.get(
@@ -244,10 +134,11 @@ async def current_top(
     pipeline: PipelineName,
     table: TableName,
     by: By = None,
-    n: N = 10,
-    order: Order = "desc",
+    n: KeyCount = DEFAULT_COUNT,
+    order: Order = DEFAULT_ORDER,
 ) -> JsonResponse:
-    return await _top(request, pipeline, table, None, by, n, order)
+    state = app_state(request)
+    return JsonResponse(await queries.top_keys(state, pipeline, table, None, by, n, order))
 
 
 @router.get(
@@ -259,9 +150,10 @@ async def window_top(
     request: Request,
     pipeline: PipelineName,
     table: TableName,
-    start: EpochMs,
+    start: WindowStart,
     by: By = None,
-    n: N = 10,
-    order: Order = "desc",
+    n: KeyCount = DEFAULT_COUNT,
+    order: Order = DEFAULT_ORDER,
 ) -> JsonResponse:
-    return await _top(request, pipeline, table, start, by, n, order)
+    state = app_state(request)
+    return JsonResponse(await queries.top_keys(state, pipeline, table, start, by, n, order))

@@ -1,4 +1,5 @@
-"""A small async Redis client for the API's reads: a pool of pipelined connections.
+"""A small async Redis client for the API's reads: a pool of pipelined connections
+speaking the Redis protocol (RESP) itself. (HTTP responses are `flowmill_api.responses`.)
 
 Why not redis-py for reads: its per-command work (a pool checkout under a lock, command
 packing, a read per reply) cost more CPU than the HTTP handling itself and held one
@@ -8,8 +9,10 @@ matched to waiting requests first-in-first-out (Redis answers in order), so conc
 requests share syscalls without waiting for one another. redis-py still carries the
 pub/sub subscription, which this client does not speak.
 
-Errors are redis-py's exception types, so one handler maps an outage to 503: a lost
-connection fails the requests waiting on it, and the next request reconnects.
+Errors are redis-py's exception types, error replies included (redis-py's own parser
+maps `LOADING …` to BusyLoadingError, `NOSCRIPT …` to NoScriptError, and so on), so one
+handler maps every Redis error to 503: a lost connection fails the requests waiting on
+it, and the next request reconnects.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int | float
@@ -122,7 +126,7 @@ class _Connection:
                     if future.done():
                         continue
                     if isinstance(reply, hiredis.ReplyError):
-                        future.set_exception(ResponseError(str(reply)))
+                        future.set_exception(BaseParser.parse_error(str(reply)))
                     else:
                         future.set_result(reply)
         except (OSError, hiredis.ProtocolError) as err:
@@ -159,9 +163,7 @@ class Script:
         command = (len(keys), *keys, *args)
         try:
             return await self.pool.execute("EVALSHA", self.sha, *command)
-        except ResponseError as err:
-            if not str(err).startswith("NOSCRIPT"):
-                raise
+        except NoScriptError:
             return await self.pool.execute("EVAL", self.source, *command)
 
 
@@ -199,7 +201,9 @@ class RedisPool:
         if not connection.connected:
             await connection.connect()
         futures = [connection.send(command) for command in commands]
-        return [await future for future in futures]
+        # gather, not one await after another: when one fails, the failures of the others
+        # are still retrieved (else asyncio logs them as never retrieved).
+        return list(await asyncio.gather(*futures))
 
     def script(self, source: str) -> Script:
         return Script(self, source)
