@@ -77,7 +77,7 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     out = _ordered(out)
     if out.get("type") == "array":
         items = out.get("items", {})
-        if _MAP_LIST_KEY in items.get("required", []):
+        if _MAP_LIST_KEY in items.get("required", []) and "x-kubernetes-list-type" not in out:
             out["x-kubernetes-list-type"] = "map"
             out["x-kubernetes-list-map-keys"] = [_MAP_LIST_KEY]
     return out

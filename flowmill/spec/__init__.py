@@ -7,7 +7,9 @@ from flowmill.spec.launch import (
     ENV_API_KEYS_DIR,
     ENV_BOOTSTRAP_SERVERS,
     ENV_REDIS_URL,
+    RESERVED_ENV,
     WORKER_METRICS_PORT,
+    WORKING_DIR,
     api_args,
     worker_args,
 )
@@ -21,6 +23,7 @@ from flowmill.spec.pipeline import (
     PipelineSpec,
     TopicSpec,
 )
+from flowmill.spec.pod_template import PodTemplate
 from flowmill.spec.sinks import SinkSpec
 from flowmill.spec.sources import SourceSpec
 from flowmill.spec.status import PipelineStatus
@@ -45,13 +48,16 @@ __all__ = [
     "GROUP",
     "KIND",
     "PLURAL",
+    "RESERVED_ENV",
     "VERSION",
     "WORKER_METRICS_PORT",
+    "WORKING_DIR",
     "Aggregate",
     "Pipeline",
     "PipelineSpec",
     "PipelineStatus",
     "PipelineTopic",
+    "PodTemplate",
     "SinkSpec",
     "SourceSpec",
     "StepSpec",

@@ -18,6 +18,12 @@ ENV_REDIS_URL = "FLOWMILL_REDIS_URL"
 """Redis of the serving tables (a Secret's value in a cluster)."""
 ENV_API_KEYS_DIR = "FLOWMILL_API_KEYS_DIR"
 """A directory whose files each hold one accepted API key (a Secret mounted as a volume)."""
+RESERVED_ENV = (ENV_BOOTSTRAP_SERVERS, ENV_REDIS_URL, ENV_API_KEYS_DIR)
+"""Variables flowmill sets in every pod it renders; a pod template may not set them."""
+
+WORKING_DIR = "/home/flowmill"
+"""The working directory of the flowmill image (its WORKDIR): relative paths in a spec
+(a fileReplay file, a parquet lake) are relative to it in a pod."""
 
 WORKER_METRICS_PORT = 9400
 """A worker's /metrics, /healthz and /readyz."""

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from flowmill.spec.common import Name, SpecModel, TopicName, cel_rule
+from flowmill.spec.pod_template import PodTemplate
 from flowmill.spec.sources import SourceSpec
 from flowmill.spec.steps import StepSpec
 
@@ -18,6 +19,8 @@ VERSION = "v1alpha1"
 KIND = "Pipeline"
 PLURAL = "pipelines"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+TopicManagement = Literal["strimzi", "admin", "unmanaged"]
 
 
 # Optional fields are absent in CEL unless set, so the rule supplies the model defaults.
@@ -39,6 +42,11 @@ class KafkaConnection(SpecModel):
     bootstrap_servers: str | None = Field(default=None, max_length=1000)
     """host:port list the workers connect to; defaults to the Strimzi cluster's bootstrap
     Service, {cluster}-kafka-bootstrap.{namespace}.svc:9092."""
+    topic_management: TopicManagement | None = None
+    """Who creates the Pipeline's topics: strimzi (KafkaTopic resources for Strimzi's
+    topic operator; needs cluster), admin (the operator itself, through the Kafka admin
+    API at bootstrapServers: for plain Kafka, MSK, Confluent, Redpanda), or unmanaged
+    (nobody: the topics must exist). Unset uses the operator's setting."""
 
 
 class SecretKeyRef(SpecModel):
@@ -149,6 +157,9 @@ class ApiSpec(SpecModel):
     """Origins allowed by CORS."""
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     """Type of the API's Service."""
+    template: PodTemplate | None = None
+    """Volumes, env, resources and placement of the API's pods, merged over
+    spec.template."""
 
 
 class PipelineSpec(SpecModel):
@@ -214,6 +225,10 @@ class PipelineSpec(SpecModel):
     """The serving API."""
     image: str | None = Field(default=None, max_length=500)
     """Image for workers and API; unset uses the operator's default."""
+    template: PodTemplate | None = None
+    """Defaults for the pods of every source, step and the API; each part's own
+    template is merged over it (maps by key, env and volumes by name, volumeMounts by
+    mountPath, lists appended; see docs/operator.md)."""
 
     @model_validator(mode="after")
     def _references(self) -> Self:
@@ -303,6 +318,14 @@ class PipelineSpec(SpecModel):
                     }
                 tables[table] = i
             yield from _expression_errors(step, i)
+
+    def pod_template(self, part: SourceSpec | StepSpec | ApiSpec) -> PodTemplate:
+        """What a part's pods get: its own template merged over spec.template (a step's
+        `resources` counts as its template's)."""
+        own = part.template or PodTemplate()
+        if isinstance(part, StepSpec) and part.resources is not None:
+            own = own.model_copy(update={"resources": part.resources})
+        return own.merged_over(self.template)
 
     def topic(self, name: str) -> TopicSpec:
         """The declared topic called `name`."""

@@ -15,6 +15,7 @@ from flowmill.spec.common import (
     cel_rule,
     exactly_one_of_rule,
 )
+from flowmill.spec.pod_template import PodTemplate
 
 SOURCE_KINDS = ["httpPoll", "fileReplay", "generator", "kafka"]
 
@@ -148,6 +149,9 @@ class SourceSpec(SpecModel):
     """Generate synthetic events."""
     kafka: KafkaSource | None = None
     """Mirror an existing Kafka topic."""
+    template: PodTemplate | None = None
+    """Volumes (e.g. the file a fileReplay reads), env, resources and placement of the
+    source's pod, merged over spec.template."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:

@@ -45,6 +45,23 @@ class StepStatus(SpecModel):
     """Notes, e.g. that maxReplicas was capped."""
 
 
+class TopicStatus(SpecModel):
+    """One topic the operator manages through the Kafka admin API."""
+
+    name: str
+    """Topic name."""
+    partitions: int
+    """Partitions it has in Kafka."""
+    state: Literal["Ready", "ShrinkRefused", "Failed"]
+    """Ready: as the spec says; ShrinkRefused: the spec asks for fewer partitions than
+    it has (never done); Failed: Kafka refused a change."""
+    created: bool
+    """Created by the operator, so deleted with the Pipeline; a topic that existed before
+    is never deleted."""
+    message: str = ""
+    """What differs, for people."""
+
+
 class PipelineStatus(SpecModel):
     """Observed state of a Pipeline."""
 
@@ -60,3 +77,8 @@ class PipelineStatus(SpecModel):
     """Total consumer lag across steps (a printer column)."""
     endpoint: str | None = None
     """In-cluster URL of the API."""
+    topic_management: Literal["strimzi", "admin", "unmanaged"] | None = None
+    """How the topics are managed: strimzi (KafkaTopics), admin (the operator, through
+    the Kafka admin API) or unmanaged."""
+    topics: list[TopicStatus] | None = None
+    """admin mode: each topic's state, and which ones the operator created."""

@@ -24,6 +24,7 @@ from flowmill.spec.common import (
     cel_rule,
     duration_seconds,
 )
+from flowmill.spec.pod_template import PodTemplate, Resources
 from flowmill.spec.sinks import SinkSpec
 
 AGGREGATE_OPS = ("count", "sum", "avg", "min", "max", "distinct")
@@ -206,15 +207,6 @@ class StepAutoscaling(SpecModel):
         return value
 
 
-class Resources(SpecModel):
-    """Container resources, as in a Pod spec."""
-
-    requests: dict[str, str] = Field(default_factory=dict, max_length=8)
-    """e.g. {cpu: 100m, memory: 256Mi}"""
-    limits: dict[str, str] = Field(default_factory=dict, max_length=8)
-    """e.g. {memory: 512Mi}"""
-
-
 class StepSpec(SpecModel):
     """One stage of processing: a consumer group on its input topic, run by its own
     Deployment, scaled on its own lag."""
@@ -246,6 +238,11 @@ class StepSpec(SpecModel):
                     "!has(self.latest) || has(self.keyBy)",
                     "a latest-state table needs keyBy",
                     ".keyBy",
+                ),
+                cel_rule(
+                    "!(has(self.resources) && has(self.template) && has(self.template.resources))",
+                    "set resources or template.resources, not both",
+                    ".resources",
                 ),
             ]
         }
@@ -289,7 +286,10 @@ class StepSpec(SpecModel):
     autoscaling: StepAutoscaling | None = None
     """Scale on consumer lag instead of a fixed replica count."""
     resources: Resources | None = None
-    """Container resources of the step's workers."""
+    """Container resources of the step's workers (the same as template.resources)."""
+    template: PodTemplate | None = None
+    """Volumes, env, resources and placement of the step's pods, merged over
+    spec.template."""
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:
@@ -301,6 +301,8 @@ class StepSpec(SpecModel):
             raise ValueError("set window or latest, not both")
         if (self.window is not None or self.latest is not None) and self.key_by is None:
             raise ValueError("keyBy is required with a window or a latest-state table")
+        if self.resources is not None and self.template and self.template.resources:
+            raise ValueError("set resources or template.resources, not both")
         return self
 
     def dead_letter_topic(self) -> str | None:

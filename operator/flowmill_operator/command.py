@@ -22,6 +22,12 @@ def _render_flags(parser: argparse.ArgumentParser) -> None:
         help="KafkaTopic apiVersion: kafka.strimzi.io/v1 (Strimzi >= 0.49) or kafka.strimzi.io/v1beta2",
     )
     parser.add_argument(
+        "--topic-management",
+        choices=["auto", "strimzi", "admin", "unmanaged"],
+        help="for Pipelines without spec.kafka.topicManagement: KafkaTopics (strimzi), the "
+        "Kafka admin API (admin), or neither; auto: strimzi when a Strimzi cluster is named",
+    )
+    parser.add_argument(
         "--autoscaler", choices=["hpa", "keda"], help="for steps whose autoscaling sets no kind"
     )
     parser.add_argument(
@@ -47,6 +53,7 @@ def _render_settings(args: argparse.Namespace) -> RenderSettings:
     for flag, name in (
         ("image", "image"),
         ("strimzi_api_version", "strimzi_api_version"),
+        ("topic_management", "topic_management"),
         ("autoscaler", "autoscaler"),
         ("pdb", "pod_disruption_budgets"),
         ("default_kafka_cluster", "default_kafka_cluster"),

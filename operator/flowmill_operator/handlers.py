@@ -132,16 +132,20 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, backoff=retry)
     async def deleted(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         """Topics in another namespace: the garbage collector only follows owner
-        references within a namespace, so this finalizer deletes them."""
+        references within a namespace, so this finalizer deletes them; and the Kafka
+        topics the operator created itself (admin mode), which no garbage collector sees."""
         assert namespace is not None
         reconciler = runtime.require()
         reconciler.forget(body["metadata"]["uid"])
         try:
             removed = await reconciler.delete_topics_elsewhere(_plain(body))
+            deleted = await reconciler.delete_created_topics(_plain(body))
         except KubeError as err:
             raise kopf.TemporaryError(f"deleting topics failed: {err}", delay=retry) from err
         if removed:
             log.info("Pipeline %s/%s: deleted KafkaTopics %s", namespace, name, removed)
+        if deleted:
+            log.info("Pipeline %s/%s: deleted Kafka topics %s", namespace, name, deleted)
 
     return registry
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowmill.manifest import PipelineInvalid, parse_pipeline
-from flowmill.spec import API_VERSION, KIND, PLURAL, Pipeline
+from flowmill.spec import API_VERSION, KIND, PLURAL, Pipeline, all_topics
 from flowmill_operator import naming
 from flowmill_operator.kube import Kind, KubeClient, KubeError, gather_limited, kind_of
 from flowmill_operator.render import Manifest, Rendered, RenderError, render
@@ -22,6 +22,7 @@ from flowmill_operator.render.autoscaling import KEDA_API_VERSION
 from flowmill_operator.render.context import kafka_target
 from flowmill_operator.settings import OperatorSettings, RenderSettings
 from flowmill_operator.status import Observation, invalid_status, pipeline_status
+from flowmill_operator.topic_admin import KafkaAdminError, TopicAdmin, TopicSync
 
 log = logging.getLogger("flowmill.operator")
 
@@ -195,6 +196,9 @@ class Reconciler:
 
         uid = meta["uid"]
         seen = Observation()
+        if rendered.topic_management == "admin":
+            # Topics first, as Strimzi's would be: workers then start on complete topics.
+            await self._sync_admin_topics(pipeline, namespace, previous, seen, outcome)
         owned, list_errors = await self._list_owned(pipeline, namespace, uid, seen)
         await self._apply(self._needing_apply(uid, rendered, owned), seen, outcome)
         for manifest in rendered.manifests:  # what was not applied is as listed
@@ -216,6 +220,39 @@ class Reconciler:
         await self._write_status(namespace, meta["name"], outcome.status, previous)
         self._transition_events(previous, outcome)
         return outcome
+
+    async def _sync_admin_topics(
+        self,
+        pipeline: Pipeline,
+        namespace: str,
+        previous: dict[str, Any],
+        seen: Observation,
+        outcome: Outcome,
+    ) -> None:
+        """Create and update the topics through the Kafka admin API (in a thread: the
+        client blocks), and delete those this operator created that left the spec."""
+        servers = kafka_target(pipeline, namespace, self.settings.render).bootstrap_servers
+        assert servers is not None  # checked by preflight()
+        ours = created_topics(previous)
+        wanted = all_topics(pipeline)
+        gone = sorted(ours - {t.name for t in wanted})
+
+        def sync() -> tuple[TopicSync, list[str]]:
+            with TopicAdmin(servers) as admin:
+                return admin.sync(wanted, ours), admin.delete(gone)
+
+        try:
+            seen.topic_sync, deleted = await asyncio.to_thread(sync)
+        except KafkaAdminError as err:
+            seen.topic_error = str(err)
+            outcome.retry = f"syncing topics: {err}"
+            return
+        outcome.created += [f"Kafka topic {name}" for name in seen.topic_sync.created]
+        outcome.pruned += [f"Kafka topic {name}" for name in deleted]
+        if seen.topic_sync.changes:
+            outcome.events.append(
+                ("Normal", "TopicsUpdated", "; ".join(seen.topic_sync.changes)[:1000])
+            )
 
     def _needing_apply(
         self, uid: str, rendered: Rendered, owned: dict[Identity, tuple[Kind, Manifest]]
@@ -408,6 +445,37 @@ class Reconciler:
         if degraded["status"] == "False" and old_degraded.get("status") == "True":
             outcome.events.append(("Normal", "Recovered", "nothing needs attention any more"))
 
+    async def delete_created_topics(self, body: Manifest) -> list[str]:
+        """On Pipeline deletion: the Kafka topics this operator created through the admin
+        API (status.topics says which); a topic that existed before is never deleted."""
+        names = created_topics(body.get("status") or {})
+        if not names:
+            return []
+        try:
+            pipeline = parse_pipeline(_as_manifest(body))
+        except PipelineInvalid as err:
+            # Invalid now, valid when the topics were made: no way to know where Kafka is.
+            log.warning(
+                "Pipeline %s: cannot delete its topics %s: %s",
+                body["metadata"]["name"],
+                sorted(names),
+                err,
+            )
+            return []
+        target = kafka_target(pipeline, body["metadata"]["namespace"], self.settings.render)
+        servers = target.bootstrap_servers
+        if servers is None:
+            return []
+
+        def delete() -> list[str]:
+            with TopicAdmin(servers) as admin:
+                return admin.delete(sorted(names))
+
+        try:
+            return await asyncio.to_thread(delete)
+        except KafkaAdminError as err:
+            raise KubeError(503, f"deleting Kafka topics {sorted(names)}: {err}") from err
+
     async def delete_topics_elsewhere(self, body: Manifest) -> list[str]:
         """On Pipeline deletion: KafkaTopics outside its namespace, which owner references
         cannot reach. Those in its namespace go with the garbage collector."""
@@ -428,6 +496,11 @@ class Reconciler:
                 await self.kube.delete(kind, ns, obj["metadata"]["name"])
                 deleted.append(f"{ns}/{obj['metadata']['name']}")
         return deleted
+
+
+def created_topics(status: dict[str, Any]) -> set[str]:
+    """Topics the operator created through the admin API, by the Pipeline's status."""
+    return {t["name"] for t in status.get("topics") or [] if t.get("created")}
 
 
 def _as_manifest(body: Manifest) -> Manifest:

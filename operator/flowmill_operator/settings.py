@@ -15,6 +15,8 @@ from typing import Literal
 
 AutoscalerKind = Literal["hpa", "keda"]
 PodMonitorMode = Literal["auto", "always", "never"]
+TopicManagementSetting = Literal["auto", "strimzi", "admin", "unmanaged"]
+TOPIC_MANAGEMENT_SETTINGS = ("auto", "strimzi", "admin", "unmanaged")
 
 STRIMZI_GROUP = "kafka.strimzi.io"
 # Strimzi 0.49 added v1 and 1.0 removed every older version; v1beta2 is for older clusters.
@@ -40,6 +42,9 @@ class RenderSettings:
     """Image of workers and API when a Pipeline sets no spec.image."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     strimzi_api_version: str = DEFAULT_STRIMZI_API_VERSION
+    topic_management: TopicManagementSetting = "auto"
+    """For Pipelines whose spec.kafka.topicManagement is unset: auto is strimzi when a
+    Strimzi cluster is named (spec.kafka.cluster or the default), else unmanaged."""
     autoscaler: AutoscalerKind = "hpa"
     """Used by steps whose autoscaling sets no kind."""
     lag_metric: str = "flowmill_consumer_lag"
@@ -106,8 +111,15 @@ def render_settings_from_env(env: Mapping[str, str] | None = None) -> RenderSett
     autoscaler = env.get("FLOWMILL_AUTOSCALER") or base.autoscaler
     if autoscaler not in ("hpa", "keda"):
         raise ValueError(f"FLOWMILL_AUTOSCALER must be hpa or keda, not {autoscaler!r}")
+    topics = env.get("FLOWMILL_TOPIC_MANAGEMENT") or base.topic_management
+    if topics not in TOPIC_MANAGEMENT_SETTINGS:
+        raise ValueError(
+            f"FLOWMILL_TOPIC_MANAGEMENT must be one of {', '.join(TOPIC_MANAGEMENT_SETTINGS)}, "
+            f"not {topics!r}"
+        )
     return RenderSettings(
         image=env.get("FLOWMILL_IMAGE") or base.image,
+        topic_management=topics,  # type: ignore[arg-type]
         image_pull_policy=env.get("FLOWMILL_IMAGE_PULL_POLICY") or base.image_pull_policy,  # type: ignore[arg-type]
         strimzi_api_version=env.get("FLOWMILL_STRIMZI_API_VERSION") or base.strimzi_api_version,
         autoscaler=autoscaler,  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from typing import Any
 from flowmill.spec import API_PORT, Pipeline
 from flowmill_operator import naming
 from flowmill_operator.render import Rendered
+from flowmill_operator.topic_admin import TopicSync
 
 Obj = dict[str, Any]
 ChildKey = tuple[str, str, str]
@@ -39,6 +40,10 @@ class Observation:
     """Per step, the HPA that scales it (ours, or the one KEDA made)."""
     keda_hpas: dict[str, Obj] = field(default_factory=dict)
     """HPAs KEDA made for our ScaledObjects, by name."""
+    topic_sync: TopicSync | None = None
+    """admin mode: what the sync through the Kafka admin API found and did."""
+    topic_error: str | None = None
+    """admin mode: why the sync could not run (Kafka unreachable)."""
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,32 @@ def _condition(conditions: Iterable[Obj], kind: str) -> Obj | None:
     return next((c for c in conditions or [] if c.get("type") == kind), None)
 
 
+def admin_topic_verdict(seen: Observation) -> Verdict:
+    """admin mode: the operator's own sync through the Kafka admin API."""
+    if seen.topic_error is not None or seen.topic_sync is None:
+        message = seen.topic_error or "the topics were not synced"
+        return Verdict(False, "KafkaUnreachable", message, degraded=True)
+    refused = seen.topic_sync.refused
+    shrinks = [t.message for t in refused if t.state == "ShrinkRefused"]
+    if shrinks:
+        return Verdict(False, "PartitionShrinkRefused", "; ".join(shrinks), degraded=True)
+    if refused:
+        failed = "; ".join(f"{t.name}: {t.message}" for t in refused)
+        return Verdict(False, "TopicError", f"Kafka refused topic changes: {failed}", degraded=True)
+    count = len(seen.topic_sync.topics)
+    return Verdict(True, "TopicsReady", f"{count} topics as the spec says (Kafka admin API)")
+
+
 def topic_verdict(pipeline: Pipeline, rendered: Rendered, seen: Observation) -> Verdict:
+    if rendered.topic_management == "admin":
+        return admin_topic_verdict(seen)
     topics = [m for m in rendered.manifests if m["kind"] == "KafkaTopic"]
     if not topics:
         return Verdict(
             True,
             "Unmanaged",
-            "spec.kafka.cluster is unset: flowmill creates no KafkaTopics and expects the "
-            "topics to exist",
+            "topicManagement is unmanaged (no Strimzi cluster named): flowmill creates no "
+            "topics and expects them to exist",
         )
     failed = [_key(m) for m in topics if _key(m) in seen.apply_errors]
     if failed:
@@ -299,7 +322,20 @@ def pipeline_status(
         # None clears the field in a merge patch: no number is better than a stale one.
         "lag": sum(lags) if lags else None,
         "endpoint": endpoint,
+        "topicManagement": rendered.topic_management,
+        "topics": _topic_record(rendered, seen, previous),
     }
+
+
+def _topic_record(rendered: Rendered, seen: Observation, previous: Obj) -> list[Obj] | None:
+    """admin mode: each topic's state and whether the operator created it. The status
+    is the only record of that (Pipeline deletion reads it to delete exactly those
+    topics), so when Kafka could not be asked, the last record is kept as it was."""
+    if rendered.topic_management != "admin":
+        return None
+    if seen.topic_sync is None:
+        return previous.get("topics")
+    return [t.to_status() for t in seen.topic_sync.topics]
 
 
 def invalid_status(message: str, *, generation: int, previous: Obj) -> Obj:

@@ -38,11 +38,13 @@ CHILD_PATHS = (
 
 
 def example_files() -> list[Path]:
-    """Every example Pipeline: the two test manifests and whatever k8s/examples holds."""
+    """Every example Pipeline: the test manifests (tests/data, tests/operator/pipelines)
+    and whatever k8s/examples and its cluster variants hold."""
     files = [
         ROOT / "tests" / "data" / "design_sketch.yaml",
         ROOT / "tests" / "data" / "full_features.yaml",
     ]
+    files += sorted((ROOT / "tests" / "operator" / "pipelines").glob("*.yaml"))
     files += sorted((ROOT / "k8s" / "examples").glob("*.yaml"))
     return files
 

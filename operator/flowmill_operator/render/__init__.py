@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from flowmill.spec import Pipeline
+from flowmill.spec.pipeline import TopicManagement
 from flowmill_operator import naming
 from flowmill_operator.render.autoscaling import api_hpa, step_autoscaler
 from flowmill_operator.render.config import config_map, spec_hash
@@ -41,6 +42,8 @@ class Rendered:
     scales: dict[str, StepScale]
     """Per step: replicas and the (capped) autoscaling ceiling, for status."""
     spec_hash: str
+    topic_management: TopicManagement
+    """strimzi, admin or unmanaged: who creates the topics (render/context.py decides)."""
 
     @property
     def fingerprint(self) -> str:
@@ -88,7 +91,7 @@ def render(
         out.append(pod_monitor(ctx))
     # Renderers share constant dicts (security contexts, behaviors); a deep copy keeps a
     # caller that edits one manifest from editing every later render.
-    return Rendered(copy.deepcopy(out), scales, ctx.spec_hash)
+    return Rendered(copy.deepcopy(out), scales, ctx.spec_hash, ctx.kafka.topic_management)
 
 
 class _NoAliases(yaml.SafeDumper):

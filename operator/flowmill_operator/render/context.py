@@ -8,6 +8,7 @@ from typing import Any
 
 from flowmill.manifest import FieldError
 from flowmill.spec import ENV_REDIS_URL, Pipeline, strimzi_bootstrap_servers
+from flowmill.spec.pipeline import TopicManagement
 from flowmill_operator import naming
 from flowmill_operator.settings import RenderSettings
 
@@ -33,10 +34,13 @@ class KafkaTarget:
     `flowmill run` also runs on a cluster)."""
 
     cluster: str | None
-    """Strimzi Kafka resource; None: topics are not managed by flowmill."""
+    """Strimzi Kafka resource, if there is one."""
     namespace: str
     """Namespace of the KafkaTopics."""
     bootstrap_servers: str | None
+    topic_management: TopicManagement
+    """strimzi: KafkaTopics; admin: the operator through the Kafka admin API; unmanaged:
+    the topics must exist."""
 
 
 def kafka_target(pipeline: Pipeline, namespace: str, settings: RenderSettings) -> KafkaTarget:
@@ -50,7 +54,12 @@ def kafka_target(pipeline: Pipeline, namespace: str, settings: RenderSettings) -
     topic_ns = topic_ns or namespace
     if servers is None and cluster:
         servers = strimzi_bootstrap_servers(cluster, topic_ns)
-    return KafkaTarget(cluster, topic_ns, servers)
+    mode = kafka.topic_management
+    if mode is None and settings.topic_management != "auto":
+        mode = settings.topic_management
+    if mode is None:
+        mode = "strimzi" if cluster else "unmanaged"
+    return KafkaTarget(cluster, topic_ns, servers, mode)
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,15 @@ def preflight(pipeline: Pipeline, settings: RenderSettings) -> None:
                 "spec.kafka",
                 "set cluster (a Strimzi Kafka) or bootstrapServers, or give the operator a "
                 "default Kafka: workers in a cluster have no embedded broker",
+            )
+        )
+    target = kafka_target(pipeline, "default", settings)
+    if target.topic_management == "strimzi" and not target.cluster:
+        errors.append(
+            FieldError(
+                "spec.kafka.cluster",
+                "topics managed by Strimzi need the Strimzi Kafka resource's name (or set "
+                "topicManagement: admin to create them through the Kafka admin API)",
             )
         )
     has_redis = bool(spec.redis.url or spec.redis.secret_ref or settings.default_redis_url)

@@ -9,10 +9,10 @@ from flowmill_operator.render.context import Manifest, RenderContext
 
 
 def kafka_topics(ctx: RenderContext) -> list[Manifest]:
-    """One KafkaTopic per topic; none without a Strimzi cluster (a Pipeline pointing at
-    bootstrapServers of its own manages its topics itself)."""
+    """One KafkaTopic per topic when Strimzi manages them; none in the other modes
+    (admin: the reconciler creates them through the Kafka admin API, topic_admin.py)."""
     cluster = ctx.kafka.cluster
-    if not cluster:
+    if ctx.kafka.topic_management != "strimzi" or not cluster:
         return []
     return [_topic(ctx, cluster, topic) for topic in all_topics(ctx.pipeline)]
 

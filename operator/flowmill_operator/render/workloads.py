@@ -6,20 +6,23 @@ Pipeline's ConfigMap read-only, and carries the spec hash so that a spec change 
 
 from __future__ import annotations
 
-from typing import Any
+import posixpath
 
 from flowmill.spec import (
     API_PORT,
     ENV_API_KEYS_DIR,
     ENV_BOOTSTRAP_SERVERS,
     WORKER_METRICS_PORT,
+    WORKING_DIR,
     SourceSpec,
     StepSpec,
     api_args,
     worker_args,
 )
+from flowmill.spec.pipeline import ApiSpec
 from flowmill_operator import naming
 from flowmill_operator.render.context import Manifest, RenderContext
+from flowmill_operator.render.pod_template import TemplateSource, apply_template
 from flowmill_operator.render.scaling import StepScale
 
 # The image's user (Dockerfile: useradd --uid 10001); set explicitly so runAsNonRoot can
@@ -56,7 +59,7 @@ def source_deployment(ctx: RenderContext, source: SourceSpec) -> Manifest:
     )
     # One poller or replayer per source: a second one would ingest every event twice, and
     # Recreate keeps a rollout from briefly running two.
-    return _deployment(
+    deployment = _deployment(
         ctx,
         naming.source_deployment(ctx.name, source.name),
         "source",
@@ -65,6 +68,8 @@ def source_deployment(ctx: RenderContext, source: SourceSpec) -> Manifest:
         replicas=1,
         strategy={"type": "Recreate"},
     )
+    index = ctx.pipeline.spec.sources.index(source)
+    return _with_template(ctx, deployment, source, f"spec.sources[{index}].template")
 
 
 def step_deployment(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Manifest:
@@ -81,7 +86,7 @@ def step_deployment(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Man
         # The root filesystem is read-only, so a local lake needs a writable volume; an
         # emptyDir lives as long as the pod, which is why docs/operator.md says use s3.
         volumes.append({"name": "lake", "emptyDir": {}})
-        mounts.append({"name": "lake", "mountPath": parquet.path})
+        mounts.append({"name": "lake", "mountPath": posixpath.join(WORKING_DIR, parquet.path)})
     container = _container(
         ctx,
         "worker",
@@ -91,9 +96,8 @@ def step_deployment(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Man
         env=env,
         env_from=env_from,
         mounts=mounts,
-        resources=step.resources.to_manifest() if step.resources else None,
     )
-    return _deployment(
+    deployment = _deployment(
         ctx,
         naming.step_deployment(ctx.name, step.name),
         "step",
@@ -103,6 +107,8 @@ def step_deployment(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Man
         replicas=None if scale.autoscaler else scale.replicas,
         volumes=volumes,
     )
+    index = ctx.pipeline.spec.steps.index(step)
+    return _with_template(ctx, deployment, step, f"spec.steps[{index}].template")
 
 
 def api_deployment(ctx: RenderContext) -> Manifest:
@@ -123,7 +129,7 @@ def api_deployment(ctx: RenderContext) -> Manifest:
         env=env,
         mounts=mounts,
     )
-    return _deployment(
+    deployment = _deployment(
         ctx,
         naming.api_deployment(ctx.name),
         "api",
@@ -132,6 +138,16 @@ def api_deployment(ctx: RenderContext) -> Manifest:
         replicas=None if api.autoscaling else api.replicas,
         volumes=volumes,
     )
+    return _with_template(ctx, deployment, api, "spec.api.template")
+
+
+def _with_template(
+    ctx: RenderContext, deployment: Manifest, part: SourceSpec | StepSpec | ApiSpec, path: str
+) -> Manifest:
+    spec = ctx.pipeline.spec
+    source = TemplateSource(part.template, path, spec.template)
+    apply_template(deployment, spec.pod_template(part), source)
+    return deployment
 
 
 def api_service(ctx: RenderContext) -> Manifest:
@@ -161,9 +177,7 @@ def _container(
     env: list[Manifest],
     env_from: list[Manifest] | None = None,
     mounts: list[Manifest] | None = None,
-    resources: dict[str, Any] | None = None,
 ) -> Manifest:
-    resources = resources or {}
     container: Manifest = {
         "name": name,
         "image": ctx.image,
@@ -172,10 +186,8 @@ def _container(
         "args": args,
         "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
         "env": env,
-        "resources": {
-            "requests": resources.get("requests") or DEFAULT_REQUESTS,
-            "limits": resources.get("limits") or DEFAULT_LIMITS,
-        },
+        # A template's resources replace these (render/pod_template.py).
+        "resources": {"requests": DEFAULT_REQUESTS, "limits": DEFAULT_LIMITS},
         # /healthz says the process loop is alive, /readyz that it consumes (or serves).
         "livenessProbe": _probe("/healthz", port_name, period=10, failures=3),
         "readinessProbe": _probe("/readyz", port_name, period=5, failures=2),
