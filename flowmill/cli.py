@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     from flowmill.run import command as run_command
 
     run_command.configure(sub.add_parser("run", help="run a whole Pipeline on this machine"))
+    from flowmill.run import gbfs_server
+
+    gbfs_server.configure(
+        sub.add_parser("gbfs-feed", help="serve a local GBFS feed (the Citi Bike example's)")
+    )
     return parser
 
 

@@ -12,14 +12,20 @@ whole timeline from its first snapshot on.
 
 Any path ending in one of the GBFS file names is served, so a manifest can keep the real
 feed's path (`/gbfs/en/station_status.json`) and change only the host.
+
+`flowmill run` serves it on a thread; `flowmill gbfs-feed` serves it on its own, e.g. as a
+small Deployment and Service next to a Pipeline on a cluster (k8s/examples/cluster/).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import logging
 import math
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +36,9 @@ from typing import Any
 log = logging.getLogger("flowmill.run.gbfs")
 
 GBFS_VERSION = "2.3"
+HEALTH_PATH = "/healthz"
+DEFAULT_PORT = 8917
+"""Where `flowmill run` and `flowmill gbfs-feed` serve a feed unless told otherwise."""
 FEEDS = ("gbfs", "system_information", "system_regions", "station_information", "station_status")
 
 
@@ -198,6 +207,11 @@ class GbfsServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0].rstrip("/")
+                if path == HEALTH_PATH:
+                    # For probes: answers without starting the feed's clock, which the
+                    # first poller's request must start.
+                    self._send(200, {"ok": True})
+                    return
                 directory, _, name = path.rpartition("/")
                 feed_name = name.removesuffix(".json")
                 if not name.endswith(".json") or feed_name not in FEEDS:
@@ -233,3 +247,27 @@ class GbfsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """`flowmill gbfs-feed`: serve a feed folder until SIGTERM or Ctrl-C."""
+    parser.add_argument("folder", metavar="DIR", help="a folder holding feed.json")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
+    )
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = GbfsServer(Path(args.folder), args.host, args.port)
+    stopped = threading.Event()
+    # A pod is stopped with SIGTERM; end as promptly as for Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    server.start()
+    log.info("serving the GBFS feed of %s at %s/gbfs.json", args.folder, server.url)
+    with contextlib.suppress(KeyboardInterrupt):
+        stopped.wait()
+    server.stop()
+    return 0

@@ -95,6 +95,7 @@ def test_operator_deployment_is_restricted_and_configured(tmp_path: Path) -> Non
         "kafka.strimziApiVersion=kafka.strimzi.io/v1beta2",
         "autoscaling.kind=keda",
         "kafka.defaultCluster=events",
+        "kafka.topicManagement=admin",
     )
     (deployment,) = find(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -112,6 +113,7 @@ def test_operator_deployment_is_restricted_and_configured(tmp_path: Path) -> Non
     assert env["FLOWMILL_STRIMZI_API_VERSION"] == "kafka.strimzi.io/v1beta2"
     assert env["FLOWMILL_AUTOSCALER"] == "keda"
     assert env["FLOWMILL_DEFAULT_KAFKA_CLUSTER"] == "events"
+    assert env["FLOWMILL_TOPIC_MANAGEMENT"] == "admin"
     assert env["FLOWMILL_WATCH_NAMESPACES"] == ""
     assert "FLOWMILL_PEERING" not in env  # one replica: standalone
     assert deployment["spec"]["strategy"]["type"] == "Recreate"

@@ -1,0 +1,135 @@
+"""The operator managing topics through the Kafka admin API (no Strimzi): the session
+operator on the real control plane, the topics on the real broker."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient  # type: ignore[import-untyped]
+
+from flowmill.local.kafka import EmbeddedKafka
+from tests.operator.helpers import Cluster, wait_for
+
+pytestmark = [pytest.mark.kube, pytest.mark.kafka]
+
+TIMEOUT = 30.0
+
+
+def partitions(broker: EmbeddedKafka) -> dict[str, int]:
+    """Every topic on the broker and its partition count."""
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        return {t["topic"]: len(t["partitions"]) for t in admin.describe_topics()}
+    finally:
+        admin.close()
+
+
+def pipeline(namespace: str, broker: EmbeddedKafka, topics: list[dict[str, Any]]) -> dict[str, Any]:
+    events, joined = topics[0]["name"], topics[1]["name"]
+    return {
+        "apiVersion": "flowmill.dev/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": "admin-topics", "namespace": namespace},
+        "spec": {
+            "kafka": {"bootstrapServers": broker.bootstrap_servers, "topicManagement": "admin"},
+            "topics": topics,
+            "steps": [
+                {
+                    "name": "join",
+                    "from": events,
+                    "correlate": {"with": joined, "key": "id", "timeout": "1m"},
+                }
+            ],
+            "api": {"enabled": False},
+        },
+    }
+
+
+def status(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    return cluster.pipeline(namespace, "admin-topics").get("status") or {}
+
+
+def test_admin_mode_creates_grows_refuses_shrink_and_deletes_only_its_own(
+    flowmill_operator: object,
+    op_namespace: str,
+    cluster: Cluster,
+    kafka_broker: EmbeddedKafka,
+) -> None:
+    tag = secrets.token_hex(3)
+    events, joined, existing = f"events-{tag}", f"joined-{tag}", f"existing-{tag}"
+    changelog = "admin-topics.join.pending"
+    kafka_broker.create_topics([(existing, 2)])
+    topics = [
+        {"name": events, "partitions": 2},
+        {"name": joined, "partitions": 2, "config": {"retention.ms": "3600000"}},
+        {"name": existing, "partitions": 2},
+    ]
+    body = pipeline(op_namespace, kafka_broker, topics)
+    cluster.create_pipeline(body)
+
+    ready = cluster.wait_condition(op_namespace, "admin-topics", "TopicsReady", "True", TIMEOUT)
+    assert "Kafka admin API" in ready["message"]
+    st = status(cluster, op_namespace)
+    assert st["topicManagement"] == "admin"
+    by_name = {t["name"]: t for t in st["topics"]}
+    assert set(by_name) == {events, joined, existing, changelog}, "the join's changelog too"
+    assert by_name[events]["created"] and by_name[changelog]["created"]
+    assert by_name[existing]["created"] is False, "it was there before the Pipeline"
+    have = partitions(kafka_broker)
+    assert have[events] == 2 and have[changelog] == 2
+    assert not cluster.children(op_namespace, "admin-topics") & {
+        ("KafkaTopic", op_namespace, "admin-topics-" + events)
+    }, "no KafkaTopics in admin mode"
+
+    # Grow: the join's sides grow together (they must stay co-partitioned), the
+    # changelog follows its input.
+    grown = [{**t, "partitions": 4} for t in topics]
+    cluster.patch_pipeline(
+        op_namespace, "admin-topics", pipeline(op_namespace, kafka_broker, grown)["spec"]
+    )
+    wait_for(
+        lambda: partitions(kafka_broker)[changelog] == 4 and partitions(kafka_broker)[events] == 4,
+        TIMEOUT,
+        "partitions to grow to 4",
+    )
+    assert any(
+        e["reason"] == "TopicsUpdated" and f"{events}: partitions 2 -> 4" in e["message"]
+        for e in cluster.events(op_namespace, "admin-topics")
+    )
+
+    # Shrink: refused, with a condition and an Event naming the topic and both counts.
+    shrunk = [{**t, "partitions": 3} for t in topics]
+    cluster.patch_pipeline(
+        op_namespace, "admin-topics", pipeline(op_namespace, kafka_broker, shrunk)["spec"]
+    )
+    degraded = cluster.wait_condition(op_namespace, "admin-topics", "Degraded", "True", TIMEOUT)
+    assert degraded["reason"] == "PartitionShrinkRefused"
+    assert f"topic {events} has 4 partitions and the spec asks for 3" in degraded["message"]
+    topics_ready = cluster.condition(op_namespace, "admin-topics", "TopicsReady")
+    assert topics_ready is not None and topics_ready["status"] == "False"
+    wait_for(
+        lambda: any(
+            e["reason"] == "PartitionShrinkRefused" and events in e["message"]
+            for e in cluster.events(op_namespace, "admin-topics")
+        ),
+        TIMEOUT,
+        "a PartitionShrinkRefused Event",
+    )
+    assert partitions(kafka_broker)[events] == 4, "no partition was removed"
+    states = {t["name"]: t["state"] for t in status(cluster, op_namespace)["topics"]}
+    assert states[events] == "ShrinkRefused"
+
+    # Back to what Kafka has, then delete: only the topics the operator created go.
+    cluster.patch_pipeline(
+        op_namespace, "admin-topics", pipeline(op_namespace, kafka_broker, grown)["spec"]
+    )
+    cluster.wait_condition(op_namespace, "admin-topics", "TopicsReady", "True", TIMEOUT)
+    cluster.delete_pipeline(op_namespace, "admin-topics")
+    wait_for(
+        lambda: not ({events, joined, changelog} & set(partitions(kafka_broker))),
+        TIMEOUT,
+        "the operator's topics to be deleted",
+    )
+    assert existing in partitions(kafka_broker), "a topic that existed before is kept"
