@@ -16,6 +16,11 @@ import duckdb
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.ports import free_port
 from flowmill.local.redis import EmbeddedRedis
+from tests.examples.expected import (
+    CITIBIKE_AVAILABILITY_FIELDS,
+    citibike_availability,
+    citibike_region_minutes,
+)
 from tests.examples.harness import (
     api,
     close,
@@ -31,7 +36,6 @@ from tests.examples.harness import (
     wait_matching,
 )
 
-MINUTE_MS = 60_000
 SNAPSHOTS = 4
 PERIOD = 2
 # The query docs/examples/citibike.md shows, pointed at this test's lake.
@@ -51,25 +55,6 @@ def fast_feed(data: Path) -> None:
     feed = json.loads(feed_file.read_text())
     feed.update(period=PERIOD, snapshots=SNAPSHOTS)
     feed_file.write_text(json.dumps(feed))
-
-
-def region_minutes(events: list[dict[str, Any]], regions: dict[str, str]) -> dict[Any, Any]:
-    acc: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for e in events:
-        ts = e["last_updated"] * 1000
-        acc[(regions[e["station_id"]], ts - ts % MINUTE_MS)].append(e)
-    return {
-        key: {
-            "reports": len(es),
-            "stations": len({e["station_id"] for e in es}),
-            "avg_bikes_available": sum(e["num_bikes_available"] for e in es) / len(es),
-            "avg_ebikes_available": sum(e["num_ebikes_available"] for e in es) / len(es),
-            "avg_docks_available": sum(e["num_docks_available"] for e in es) / len(es),
-            "min_bikes_available": min(e["num_bikes_available"] for e in es),
-            "empty_station_reports": sum(e["num_bikes_available"] == 0 for e in es),
-        }
-        for key, es in acc.items()
-    }
 
 
 def test_citibike_gbfs_tables_and_parquet_lake(
@@ -115,13 +100,11 @@ def test_citibike_gbfs_tables_and_parquet_lake(
                 ).json()
                 return {e["key"]: e["value"] for e in page["entries"]}
 
-            last = {e["station_id"]: e for e in events if e["last_updated"] == final}
-            fields = ["num_bikes_available", "num_docks_available", "is_renting", "last_updated"]
             wait_matching(
                 "station availability",
                 availability,
-                {sid: {f: e[f] for f in fields} for sid, e in last.items()},
-                exact=set(fields),
+                citibike_availability(events, final),
+                exact=set(CITIBIKE_AVAILABILITY_FIELDS),
             )
 
             # Per region and minute.
@@ -139,7 +122,7 @@ def test_citibike_gbfs_tables_and_parquet_lake(
             wait_matching(
                 "region availability per minute",
                 per_region,
-                region_minutes(events, regions),
+                citibike_region_minutes(events, regions),
                 exact={"reports", "stations", "min_bikes_available", "empty_station_reports"},
             )
 

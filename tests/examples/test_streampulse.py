@@ -2,21 +2,19 @@
 broker and Redis, crash the window step's worker halfway, and check every region's
 1-minute windows served by the API against values computed here from the same events.
 
-The expected values replay the step's event-time rules in plain Python: per partition,
-in offset order, the watermark is the newest valid event time, and an event whose window
-ended more than allowedLateness before the watermark is late (dead-lettered)."""
+The expected values (tests/examples/expected.py) replay the step's event-time rules in
+plain Python."""
 
 from __future__ import annotations
 
 import os
 import signal
-from collections import defaultdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.redis import EmbeddedRedis
+from tests.examples.expected import streampulse_windows
 from tests.examples.harness import (
     api,
     example_copy,
@@ -31,78 +29,6 @@ from tests.examples.harness import (
     wait_for,
     wait_matching,
 )
-
-MINUTE_MS = 60_000
-LATENESS_MS = 30_000
-
-
-def valid(e: dict[str, Any]) -> bool:
-    """The manifest's JSON Schema, spelt out."""
-
-    def number(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool)
-
-    return (
-        isinstance(e.get("trip_id"), str)
-        and e["trip_id"] != ""
-        and isinstance(e.get("region_id"), int)
-        and not isinstance(e["region_id"], bool)
-        and e["region_id"] >= 1
-        and isinstance(e.get("event_time"), str)
-        and number(e.get("fare"))
-        and e["fare"] >= 0
-        and isinstance(e.get("duration"), int)
-        and e["duration"] >= 0
-        and number(e.get("distance"))
-        and e["distance"] >= 0
-    )
-
-
-def event_ms(text: str) -> int | None:
-    try:
-        return int(datetime.fromisoformat(text).timestamp() * 1000)
-    except ValueError:
-        return None
-
-
-def expected_windows(
-    records: list[dict[str, Any]],
-) -> tuple[dict[Any, dict[str, Any]], list[Any]]:
-    """{(region, start): aggregates} and the trip_ids of the dead-lettered events."""
-    sums: dict[tuple[str, int], dict[str, Any]] = defaultdict(
-        lambda: {"trips": 0, "revenue": 0.0, "duration": 0.0, "distance": 0.0, "max_fare": None}
-    )
-    dead: list[Any] = []
-    watermark: dict[int, int] = {}
-    for r in records:  # partition, then offset order
-        e = r["event"]
-        ts = event_ms(e["event_time"]) if valid(e) else None
-        if ts is None:
-            dead.append(e.get("trip_id"))
-            continue
-        start = ts - ts % MINUTE_MS
-        mark = watermark.get(r["partition"])
-        if mark is not None and start + MINUTE_MS + LATENESS_MS <= mark:
-            dead.append(e.get("trip_id"))
-            continue
-        watermark[r["partition"]] = ts if mark is None else max(mark, ts)
-        w = sums[(str(e["region_id"]), start)]
-        w["trips"] += 1
-        w["revenue"] += e["fare"]
-        w["duration"] += e["duration"]
-        w["distance"] += e["distance"]
-        w["max_fare"] = e["fare"] if w["max_fare"] is None else max(w["max_fare"], e["fare"])
-    expected = {
-        key: {
-            "trips": w["trips"],
-            "revenue": w["revenue"],
-            "avg_duration": w["duration"] / w["trips"],
-            "avg_distance": w["distance"] / w["trips"],
-            "max_fare": w["max_fare"],
-        }
-        for key, w in sums.items()
-    }
-    return expected, dead
 
 
 def test_streampulse_windows_per_region_survive_a_worker_crash(
@@ -121,7 +47,7 @@ def test_streampulse_windows_per_region_survive_a_worker_crash(
         wait_done(run, ["replay"])
         records = read_topic(run.bootstrap_servers, topic(run, "trip-events"))
         assert len(records) == 2000
-        expected, dead = expected_windows(records)
+        expected, dead = streampulse_windows(records)
         # 8 invalid rows and 15 late ones, by construction of the data.
         assert len(dead) == 23 and sum(str(t).startswith("late_") for t in dead) == 15
 

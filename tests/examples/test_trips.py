@@ -4,14 +4,12 @@ against values computed here from the two CSV files with plain Python."""
 
 from __future__ import annotations
 
-import csv
-from collections import defaultdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.redis import EmbeddedRedis
+from tests.examples.expected import completed_trips, daily_kpis
 from tests.examples.harness import (
     api,
     close,
@@ -24,36 +22,6 @@ from tests.examples.harness import (
     wait_for,
     wait_matching,
 )
-
-DAY_MS = 86_400_000
-
-
-def rows(path: Path) -> dict[str, dict[str, str]]:
-    with path.open(newline="") as handle:
-        return {r["trip_id"]: r for r in csv.DictReader(handle)}
-
-
-def completed_trips(data: Path) -> list[dict[str, Any]]:
-    """Trips with both a start and an end."""
-    starts, ends = rows(data / "trip_start.csv"), rows(data / "trip_end.csv")
-    return [{**starts[t], **ends[t]} for t in ends if t in starts]
-
-
-def daily_kpis(trips: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
-    fares: dict[int, list[float]] = defaultdict(list)
-    for trip in trips:
-        ts = int(datetime.fromisoformat(trip["dropoff_datetime"]).timestamp() * 1000)
-        fares[ts - ts % DAY_MS].append(float(trip["fare_amount"]))
-    return {
-        ("all", day): {
-            "total_fare": sum(f),
-            "trips": len(f),
-            "avg_fare": sum(f) / len(f),
-            "max_fare": max(f),
-            "min_fare": min(f),
-        }
-        for day, f in fares.items()
-    }
 
 
 def test_trips_join_and_daily_kpis(
