@@ -6,6 +6,8 @@ from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from flowmill.spec import consumer_group
+
 _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -18,6 +20,9 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         labels = ["pipeline", "step"]
         self._values = (pipeline, component)
+        # The consumer group too, so that the gauge maps 1:1 onto what kafka-exporter and
+        # KMinion report (consumergroup/topic/partition) for the same lag.
+        self._lag_values = (pipeline, component, consumer_group(pipeline, component))
         r = self.registry
         self.events_in = Counter("flowmill_events_in", "Events consumed.", labels, registry=r)
         self.events_out = Counter(
@@ -49,7 +54,7 @@ class WorkerMetrics:
         self.consumer_lag = Gauge(
             "flowmill_consumer_lag",
             "Messages between the committed position and the partition's end.",
-            [*labels, "topic", "partition"],
+            [*labels, "group", "topic", "partition"],
             registry=r,
         )
         self.partitions = Gauge(
@@ -61,4 +66,9 @@ class WorkerMetrics:
         return metric.labels(*self._values)
 
     def lag(self, topic: str, partition: int, value: int) -> None:
-        self.consumer_lag.labels(*self._values, topic, str(partition)).set(value)
+        self.consumer_lag.labels(*self._lag_values, topic, str(partition)).set(value)
+
+    def forget_lag(self, topic: str, partition: int) -> None:
+        """Stop reporting a partition this worker lost: its last value would otherwise
+        count on as lag (and keep the step's autoscaler from scaling down)."""
+        self.consumer_lag.remove(*self._lag_values, topic, str(partition))

@@ -201,6 +201,8 @@ class StepRunner:
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         self.compute.forget(revoked)
+        for tp in revoked:
+            self.metrics.forget_lag(tp.topic, tp.partition)
         self.durability.on_revoked(revoked)
 
     async def _report_lag(self) -> None:
