@@ -27,7 +27,7 @@ from flowmill.spec.pod_template import PodTemplate
 from flowmill.spec.sinks import SinkSpec
 from flowmill.spec.sources import SourceSpec
 from flowmill.spec.status import PipelineStatus
-from flowmill.spec.steps import Aggregate, StepSpec, WindowSpec
+from flowmill.spec.steps import Aggregate, StepAutoscaling, StepSpec, WindowSpec
 from flowmill.spec.topology import (
     PipelineTopic,
     all_topics,
@@ -60,6 +60,7 @@ __all__ = [
     "PodTemplate",
     "SinkSpec",
     "SourceSpec",
+    "StepAutoscaling",
     "StepSpec",
     "TopicSpec",
     "WindowSpec",

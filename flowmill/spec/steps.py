@@ -27,6 +27,8 @@ from flowmill.spec.common import (
 from flowmill.spec.pod_template import PodTemplate, Resources
 from flowmill.spec.sinks import SinkSpec
 
+DEFAULT_SCALE_DOWN = "5m"
+"""Scale-down stabilization of a step's autoscaler when autoscaling sets none."""
 AGGREGATE_OPS = ("count", "sum", "avg", "min", "max", "distinct")
 
 # Aggregates take a short form (`count`, `{sum: fare}`) that a structural schema cannot
@@ -190,11 +192,21 @@ class StepAutoscaling(SpecModel):
     }
 
     min_replicas: int = Field(default=1, ge=0, le=1000)
-    """Fewest workers; 0 needs KEDA (the HPA cannot scale to zero)."""
+    """Fewest workers; 0 needs KEDA, or an HPA on a cluster with the HPAScaleToZero
+    feature gate (operator setting autoscaling.hpaScaleToZero)."""
     max_replicas: int = Field(default=1, ge=1, le=1000)
     """Most workers; never more than the input topic's partitions."""
     lag_per_replica: int = Field(default=1000, ge=1)
-    """Target consumer lag (messages) per worker."""
+    """Target consumer lag (messages) per worker: desired = ceil(lag / lagPerReplica)."""
+    target_catch_up_seconds: int | None = Field(default=None, ge=1, le=86_400)
+    """Also run enough workers to drain the backlog within this many seconds at the
+    observed events per second of one worker: desired = ceil(lag / (rate per worker x
+    targetCatchUpSeconds)). The larger of the two proposals wins. Needs the HPA
+    (Prometheus recording rules); KEDA scales on lagPerReplica only."""
+    scale_down_stabilization: Duration | None = None
+    """How long the HPA (or KEDA's cooldown) waits on a lower proposal before removing
+    workers; unset: 5m. Every removal costs the group a rebalance, so it should outlast
+    a lull."""
     kind: Literal["hpa", "keda"] | None = None
     """hpa (autoscaling/v2 on an External metric) or keda (a ScaledObject with a Kafka
     trigger); unset uses the operator's default."""
@@ -205,6 +217,17 @@ class StepAutoscaling(SpecModel):
         if value < info.data.get("min_replicas", 0):
             raise ValueError("maxReplicas must be >= minReplicas")
         return value
+
+    @field_validator("scale_down_stabilization")
+    @classmethod
+    def _hpa_window(cls, value: str | None) -> str | None:
+        # The HPA's own limit for behavior.scaleDown.stabilizationWindowSeconds.
+        if value is not None and duration_seconds(value) > 3600:
+            raise ValueError("scaleDownStabilization can be at most 1h")
+        return value
+
+    def scale_down_seconds(self) -> int:
+        return int(duration_seconds(self.scale_down_stabilization or DEFAULT_SCALE_DOWN))
 
 
 class StepSpec(SpecModel):

@@ -31,6 +31,12 @@ def _render_flags(parser: argparse.ArgumentParser) -> None:
         "--autoscaler", choices=["hpa", "keda"], help="for steps whose autoscaling sets no kind"
     )
     parser.add_argument(
+        "--hpa-scale-to-zero",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the cluster enables the HPAScaleToZero feature gate: HPAs may keep minReplicas 0",
+    )
+    parser.add_argument(
         "--pdb",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -55,6 +61,7 @@ def _render_settings(args: argparse.Namespace) -> RenderSettings:
         ("strimzi_api_version", "strimzi_api_version"),
         ("topic_management", "topic_management"),
         ("autoscaler", "autoscaler"),
+        ("hpa_scale_to_zero", "hpa_scale_to_zero"),
         ("pdb", "pod_disruption_budgets"),
         ("default_kafka_cluster", "default_kafka_cluster"),
         ("default_kafka_namespace", "default_kafka_namespace"),

@@ -49,6 +49,9 @@ class RenderSettings:
     """Used by steps whose autoscaling sets no kind."""
     lag_metric: str = "flowmill_consumer_lag"
     """External metric an HPA reads (served by prometheus-adapter from the workers' gauge)."""
+    hpa_scale_to_zero: bool = False
+    """The cluster enables the HPAScaleToZero feature gate, so an HPA may keep
+    minReplicas 0 (otherwise only KEDA scales a step to zero)."""
     pod_monitor: bool = False
     """Render a PodMonitor per Pipeline (the operator decides from PodMonitorMode)."""
     pod_disruption_budgets: bool = False
@@ -124,6 +127,7 @@ def render_settings_from_env(env: Mapping[str, str] | None = None) -> RenderSett
         strimzi_api_version=env.get("FLOWMILL_STRIMZI_API_VERSION") or base.strimzi_api_version,
         autoscaler=autoscaler,  # type: ignore[arg-type]
         lag_metric=env.get("FLOWMILL_LAG_METRIC") or base.lag_metric,
+        hpa_scale_to_zero=_bool(env.get("FLOWMILL_HPA_SCALE_TO_ZERO"), base.hpa_scale_to_zero),
         pod_disruption_budgets=_bool(env.get("FLOWMILL_PDB"), base.pod_disruption_budgets),
         default_kafka_cluster=env.get("FLOWMILL_DEFAULT_KAFKA_CLUSTER") or None,
         default_kafka_namespace=env.get("FLOWMILL_DEFAULT_KAFKA_NAMESPACE") or None,

@@ -192,7 +192,7 @@ def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
         [_promtool(), "check", "rules", str(_rules(tmp_path))], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 3 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout  # 4 recording rules, 3 alerts
 
 
 def test_alerts_fire_on_lag_dead_letters_and_stalls(tmp_path: Path) -> None:

@@ -1,41 +1,59 @@
 """Autoscalers: an HPA (or a KEDA ScaledObject) per step on consumer lag, and a CPU HPA
 for the API.
 
-The step HPA reads an External metric, the workers' flowmill_consumer_lag gauge as
-prometheus-adapter serves it, selected by pipeline and step; AverageValue divides the
-step's total lag by its replicas, so lagPerReplica is exactly the per-worker target.
+The step HPA reads External metrics that prometheus-adapter serves (the rules ship with
+the chart, charts/flowmill/files/prometheus-adapter-values.yaml), selected by pipeline
+and step. With a target of type AverageValue the HPA proposes ceil(metric / target)
+replicas whatever the current count, so:
+
+- the lag metric (total messages behind) over lagPerReplica gives
+  desired = ceil(lag / lagPerReplica);
+- the catch-up metric (seconds one worker needs for the backlog at the observed
+  per-worker rate, a recording rule) over targetCatchUpSeconds gives
+  desired = ceil(lag / (rate per worker x targetCatchUpSeconds)).
+
+With both, the HPA takes the larger proposal; maxReplicas (capped at the partitions)
+and minReplicas bound it.
 """
 
 from __future__ import annotations
 
-from flowmill.spec import StepSpec, consumer_group
+from flowmill.spec import StepAutoscaling, StepSpec, consumer_group
 from flowmill_operator import naming
 from flowmill_operator.render.context import Manifest, RenderContext
 from flowmill_operator.render.scaling import StepScale
 
-# Scale up at once (lag is the signal to act on), scale down only after five quiet
-# minutes and by half at most: a rebalance costs every member a pause, so flapping is
-# worse than a few idle workers.
-STEP_BEHAVIOR: Manifest = {
-    "scaleUp": {
-        "stabilizationWindowSeconds": 0,
-        "selectPolicy": "Max",
-        "policies": [
-            {"type": "Percent", "value": 100, "periodSeconds": 15},
-            {"type": "Pods", "value": 4, "periodSeconds": 15},
-        ],
-    },
-    "scaleDown": {
-        "stabilizationWindowSeconds": 300,
-        "selectPolicy": "Min",
-        "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}],
-    },
+CATCH_UP_METRIC = "flowmill_step_catchup_seconds"
+"""External metric of the catch-up target, as the chart's adapter rules name it."""
+# Scale up at once (lag is the signal to act on): double, or add 4 pods, every 15 s,
+# whichever is more.
+SCALE_UP: Manifest = {
+    "stabilizationWindowSeconds": 0,
+    "selectPolicy": "Max",
+    "policies": [
+        {"type": "Percent", "value": 100, "periodSeconds": 15},
+        {"type": "Pods", "value": 4, "periodSeconds": 15},
+    ],
 }
+# Scale down only after the step's quiet window and by half per minute at most: a
+# rebalance costs every member a pause, so flapping is worse than a few idle workers.
+SCALE_DOWN_POLICIES: list[Manifest] = [{"type": "Percent", "value": 50, "periodSeconds": 60}]
 API_BEHAVIOR: Manifest = {
     "scaleUp": {"stabilizationWindowSeconds": 0},
     "scaleDown": {"stabilizationWindowSeconds": 300},
 }
 KEDA_API_VERSION = "keda.sh/v1alpha1"
+
+
+def step_behavior(auto: StepAutoscaling) -> Manifest:
+    return {
+        "scaleUp": SCALE_UP,
+        "scaleDown": {
+            "stabilizationWindowSeconds": auto.scale_down_seconds(),
+            "selectPolicy": "Min",
+            "policies": SCALE_DOWN_POLICIES,
+        },
+    }
 
 
 def step_autoscaler(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Manifest | None:
@@ -52,20 +70,22 @@ def _target(name: str) -> Manifest:
 
 def _step_hpa(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Manifest:
     assert step.autoscaling is not None
+    auto = step.autoscaling
     name = naming.step_deployment(ctx.name, step.name)
-    metric = {
-        "type": "External",
-        "external": {
-            "metric": {
-                "name": ctx.settings.lag_metric,
-                "selector": {"matchLabels": {"pipeline": ctx.name, "step": step.name}},
+    selector = {"matchLabels": {"pipeline": ctx.name, "step": step.name}}
+
+    def external(metric: str, per_replica: int) -> Manifest:
+        return {
+            "type": "External",
+            "external": {
+                "metric": {"name": metric, "selector": selector},
+                "target": {"type": "AverageValue", "averageValue": str(per_replica)},
             },
-            "target": {
-                "type": "AverageValue",
-                "averageValue": str(step.autoscaling.lag_per_replica),
-            },
-        },
-    }
+        }
+
+    metrics = [external(ctx.settings.lag_metric, auto.lag_per_replica)]
+    if auto.target_catch_up_seconds is not None:
+        metrics.append(external(CATCH_UP_METRIC, auto.target_catch_up_seconds))
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -74,16 +94,18 @@ def _step_hpa(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Manifest:
             "scaleTargetRef": _target(name),
             "minReplicas": scale.replicas,
             "maxReplicas": scale.max_replicas,
-            "metrics": [metric],
-            "behavior": STEP_BEHAVIOR,
+            "metrics": metrics,
+            "behavior": step_behavior(auto),
         },
     }
 
 
 def _scaled_object(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Manifest:
     """KEDA reads the consumer group's lag from Kafka itself (no Prometheus needed) and
-    can scale a step to zero."""
-    assert step.autoscaling is not None
+    can scale a step to zero: its default activationLagThreshold (0) wakes the step as
+    soon as one message waits."""
+    auto = step.autoscaling
+    assert auto is not None
     name = naming.step_deployment(ctx.name, step.name)
     triggers = [
         {
@@ -92,7 +114,7 @@ def _scaled_object(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Mani
                 "bootstrapServers": ctx.bootstrap_servers(),
                 "consumerGroup": consumer_group(ctx.name, step.name),
                 "topic": topic,
-                "lagThreshold": str(step.autoscaling.lag_per_replica),
+                "lagThreshold": str(auto.lag_per_replica),
                 "offsetResetPolicy": "earliest",
                 # Partitions cap the replicas already; idle consumers would only wait.
                 "allowIdleConsumers": "false",
@@ -109,8 +131,9 @@ def _scaled_object(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Mani
             "minReplicaCount": scale.replicas,
             "maxReplicaCount": scale.max_replicas,
             "pollingInterval": 15,
-            "cooldownPeriod": 300,
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": STEP_BEHAVIOR}},
+            # From the last active trigger to scaling to zero (minReplicaCount 0 only).
+            "cooldownPeriod": auto.scale_down_seconds(),
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": step_behavior(auto)}},
             "triggers": triggers,
         },
     }

@@ -49,9 +49,14 @@ def step_scale(ctx: RenderContext, step: StepSpec) -> StepScale:
             f"topic {step.from_}"
         )
     minimum = auto.min_replicas
-    if kind == "hpa" and minimum == 0:
-        # Scale-to-zero is an alpha feature gate of the HPA; KEDA does it natively.
+    if kind == "hpa" and minimum == 0 and not ctx.settings.hpa_scale_to_zero:
+        # Scale-to-zero is an alpha feature gate of the HPA (the apiserver rejects
+        # minReplicas 0 without it); KEDA does it natively.
         minimum = 1
-        notes.append("minReplicas 0 needs KEDA; the HPA keeps at least 1")
+        notes.append(
+            "minReplicas 0 needs KEDA or the HPAScaleToZero feature gate; the HPA keeps at least 1"
+        )
+    if kind == "keda" and auto.target_catch_up_seconds is not None:
+        notes.append("targetCatchUpSeconds needs the HPA; KEDA scales on lagPerReplica only")
     minimum = min(minimum, maximum)
     return StepScale(step.name, partitions, kind, minimum, maximum, "; ".join(notes))
