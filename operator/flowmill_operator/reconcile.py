@@ -206,7 +206,8 @@ class Reconciler:
             if key not in seen.children and _identity(manifest) in owned:
                 seen.children[key] = owned[_identity(manifest)][1]
         self._remember(uid, rendered, seen)
-        prune_errors = list_errors + await self._prune(owned, rendered, outcome)
+        still_wanted = {t.name for t in all_topics(pipeline)}
+        prune_errors = list_errors + await self._prune(owned, rendered, outcome, still_wanted)
         self._find_autoscalers(pipeline, namespace, rendered, seen)
         outcome.status = pipeline_status(
             pipeline,
@@ -242,17 +243,16 @@ class Reconciler:
                 return admin.sync(wanted, ours), admin.delete(gone)
 
         try:
-            seen.topic_sync, deleted = await asyncio.to_thread(sync)
+            synced, deleted = await asyncio.to_thread(sync)
         except KafkaAdminError as err:
             seen.topic_error = str(err)
             outcome.retry = f"syncing topics: {err}"
             return
-        outcome.created += [f"Kafka topic {name}" for name in seen.topic_sync.created]
+        seen.topic_sync = synced
+        outcome.created += [f"Kafka topic {name}" for name in synced.created]
         outcome.pruned += [f"Kafka topic {name}" for name in deleted]
-        if seen.topic_sync.changes:
-            outcome.events.append(
-                ("Normal", "TopicsUpdated", "; ".join(seen.topic_sync.changes)[:1000])
-            )
+        if synced.changes:
+            outcome.events.append(("Normal", "TopicsUpdated", "; ".join(synced.changes)[:1000]))
 
     def _needing_apply(
         self, uid: str, rendered: Rendered, owned: dict[Identity, tuple[Kind, Manifest]]
@@ -345,10 +345,18 @@ class Reconciler:
         return owned, errors + topic_errors
 
     async def _prune(
-        self, owned: dict[Identity, tuple[Kind, Manifest]], rendered: Rendered, outcome: Outcome
+        self,
+        owned: dict[Identity, tuple[Kind, Manifest]],
+        rendered: Rendered,
+        outcome: Outcome,
+        topics_in_spec: set[str],
     ) -> list[str]:
         """Delete what this Pipeline made earlier but no longer renders (a removed step's
-        Deployment and HPA, a topic taken out of the spec, an HPA replaced by KEDA)."""
+        Deployment and HPA, a topic taken out of the spec, an HPA replaced by KEDA).
+
+        A KafkaTopic whose topic is still in the spec (the Pipeline left Strimzi topic
+        management) is first marked strimzi.io/managed=false: Strimzi then deletes the
+        resource but keeps the topic and its data in Kafka."""
         wanted = {_identity(m) for m in rendered.manifests}
         errors: list[str] = []
         for identity, (kind, obj) in owned.items():
@@ -356,6 +364,8 @@ class Reconciler:
             if identity in wanted or meta.get("deletionTimestamp"):
                 continue
             try:
+                if obj["kind"] == "KafkaTopic" and _topic_name(obj) in topics_in_spec:
+                    await self.kube.apply(_released(obj))
                 await self.kube.delete(kind, meta.get("namespace"), meta["name"])
                 outcome.pruned.append(f"{kind.kind} {meta['name']}")
             except KubeError as err:
@@ -496,6 +506,30 @@ class Reconciler:
                 await self.kube.delete(kind, ns, obj["metadata"]["name"])
                 deleted.append(f"{ns}/{obj['metadata']['name']}")
         return deleted
+
+
+STRIMZI_MANAGED_ANNOTATION = "strimzi.io/managed"
+
+
+def _topic_name(topic: Manifest) -> str:
+    return str((topic.get("spec") or {}).get("topicName") or topic["metadata"]["name"])
+
+
+def _released(topic: Manifest) -> Manifest:
+    """The KafkaTopic as applied, plus the annotation that makes Strimzi let go of the
+    Kafka topic (deleting the resource then leaves the topic alone)."""
+    meta = topic["metadata"]
+    return {
+        "apiVersion": topic["apiVersion"],
+        "kind": topic["kind"],
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": meta.get("labels") or {},
+            "annotations": {STRIMZI_MANAGED_ANNOTATION: "false"},
+        },
+        "spec": topic.get("spec") or {},
+    }
 
 
 def created_topics(status: dict[str, Any]) -> set[str]:

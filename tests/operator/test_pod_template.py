@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 import yaml
-from flowmill_operator.render import RenderError, render
+from kubernetes.client.rest import ApiException
 
 from flowmill.manifest import PipelineInvalid, parse_pipeline
+from flowmill_operator.render import RenderError, render
+from tests.harness.kube import KubeControlPlane
 from tests.operator.fixtures import TEST_RENDER
-from tests.operator.helpers import ROOT
+from tests.operator.helpers import GROUP, PLURAL, ROOT, VERSION, Cluster, for_namespace
 
 TAILORED = ROOT / "tests" / "operator" / "pipelines" / "pod_templates.yaml"
 
@@ -219,3 +221,23 @@ def test_a_template_cannot_take_what_flowmill_uses(edit: Any, path: str) -> None
     with pytest.raises(RenderError) as err:
         render(parse_pipeline(doc), TEST_RENDER)
     assert [e.path for e in err.value.errors] == [path], err.value.errors
+
+
+@pytest.mark.kube
+def test_the_crd_accepts_templates_and_refuses_flowmills_own_env(
+    operator_crds: KubeControlPlane, cluster: Cluster, kube_namespace: str
+) -> None:
+    body = for_namespace(document(), kube_namespace)
+    cluster.custom.create_namespaced_custom_object(
+        GROUP, VERSION, kube_namespace, PLURAL, body, dry_run="All"
+    )
+    body["spec"]["steps"][0]["template"]["env"].append(
+        {"name": "FLOWMILL_REDIS_URL", "value": "redis://elsewhere:6379"}
+    )
+    with pytest.raises(ApiException) as err:
+        cluster.custom.create_namespaced_custom_object(
+            GROUP, VERSION, kube_namespace, PLURAL, body, dry_run="All"
+        )
+    assert err.value.status == 422
+    assert "spec.steps[0].template.env[3].name" in str(err.value.body)
+    assert "flowmill sets this variable itself" in str(err.value.body)

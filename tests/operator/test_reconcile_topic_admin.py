@@ -10,7 +10,8 @@ import pytest
 from kafka import KafkaAdminClient  # type: ignore[import-untyped]
 
 from flowmill.local.kafka import EmbeddedKafka
-from tests.operator.helpers import Cluster, wait_for
+from flowmill_operator import naming
+from tests.operator.helpers import STRIMZI, Cluster, wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.kafka]
 
@@ -47,8 +48,12 @@ def pipeline(namespace: str, broker: EmbeddedKafka, topics: list[dict[str, Any]]
     }
 
 
+def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return cluster.pipeline(namespace, name).get("status") or {}
+
+
 def status(cluster: Cluster, namespace: str) -> dict[str, Any]:
-    return cluster.pipeline(namespace, "admin-topics").get("status") or {}
+    return status_of(cluster, namespace, "admin-topics")
 
 
 def test_admin_mode_creates_grows_refuses_shrink_and_deletes_only_its_own(
@@ -133,3 +138,69 @@ def test_admin_mode_creates_grows_refuses_shrink_and_deletes_only_its_own(
         "the operator's topics to be deleted",
     )
     assert existing in partitions(kafka_broker), "a topic that existed before is kept"
+
+
+def test_leaving_strimzi_releases_the_kafka_topics_instead_of_deleting_them(
+    flowmill_operator: object,
+    op_namespace: str,
+    cluster: Cluster,
+    kafka_broker: EmbeddedKafka,
+) -> None:
+    topic = f"kept-{secrets.token_hex(3)}"
+    body = {
+        "apiVersion": "flowmill.dev/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": "leaves-strimzi", "namespace": op_namespace},
+        "spec": {
+            "kafka": {
+                "cluster": "events",
+                "bootstrapServers": kafka_broker.bootstrap_servers,
+                "topicManagement": "strimzi",
+            },
+            "topics": [{"name": topic, "partitions": 2}],
+            "api": {"enabled": False},
+        },
+    }
+    cluster.create_pipeline(body)
+    resource = naming.kafka_topic_resource("leaves-strimzi", topic)
+    wait_for(lambda: cluster.topic(op_namespace, resource), TIMEOUT, "the KafkaTopic")
+    # What Strimzi's topic operator does: a finalizer on the resource, the topic in Kafka.
+    cluster.custom.patch_namespaced_custom_object(
+        *STRIMZI[:2], op_namespace, STRIMZI[2], resource,
+        {"metadata": {"finalizers": ["strimzi.io/topic-operator"]}},
+    )  # fmt: skip
+    kafka_broker.create_topics([(topic, 2)])
+
+    body["spec"]["kafka"]["topicManagement"] = "admin"
+    cluster.patch_pipeline(op_namespace, "leaves-strimzi", body["spec"])
+    released = wait_for(
+        lambda: (
+            (t := cluster.topic(op_namespace, resource))["metadata"].get("deletionTimestamp") and t
+        ),
+        TIMEOUT,
+        "the KafkaTopic to be deleted",
+    )
+    assert released["metadata"]["annotations"]["strimzi.io/managed"] == "false", (
+        "marked unmanaged before deletion, so Strimzi keeps the topic"
+    )
+    cluster.wait_condition(op_namespace, "leaves-strimzi", "TopicsReady", "True", TIMEOUT)
+    record = status_of(cluster, op_namespace, "leaves-strimzi")["topics"]
+    assert record == [{"name": topic, "partitions": 2, "state": "Ready", "created": False}]
+    cluster.custom.patch_namespaced_custom_object(
+        *STRIMZI[:2], op_namespace, STRIMZI[2], resource, {"metadata": {"finalizers": []}}
+    )
+
+    cluster.delete_pipeline(op_namespace, "leaves-strimzi")
+    wait_for(
+        lambda: (
+            not any(
+                p["metadata"]["name"] == "leaves-strimzi"
+                for p in cluster.custom.list_namespaced_custom_object(
+                    "flowmill.dev", "v1alpha1", op_namespace, "pipelines"
+                )["items"]
+            )
+        ),
+        TIMEOUT,
+        "the Pipeline to be finalized",
+    )
+    assert topic in partitions(kafka_broker), "the operator did not create it: it stays"
