@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from flowmill.manifest_yaml import ManifestYamlError, load_yaml_documents
 from flowmill.spec import Pipeline
 from flowmill.spec.common import DURATION_PATTERN, FIELD_PATTERN, NAME_PATTERN, TOPIC_PATTERN
 
@@ -86,24 +87,32 @@ def load_pipelines(path: str | Path) -> list[Pipeline]:
     """Every Pipeline in a YAML file (documents of other kinds are ignored, so a file can
     also hold the Secrets or ConfigMaps a Pipeline uses)."""
     path = Path(path)
+    return pipelines_from_yaml(path.read_bytes(), str(path))
+
+
+def pipelines_from_yaml(text: bytes | str, source: str = "<manifest>") -> list[Pipeline]:
+    """Every Pipeline in YAML text, read with the manifest limits of
+    flowmill.manifest_yaml (size, depth, aliases, numbers, duplicate keys)."""
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        documents = [d for d in load_yaml_documents(text) if d is not None]
+    except ManifestYamlError as err:
+        raise PipelineInvalid(source, [FieldError(err.where, err.problem)]) from None
     except yaml.YAMLError as err:
-        raise PipelineInvalid(str(path), [FieldError("(yaml)", str(err))]) from None
+        raise PipelineInvalid(source, [FieldError("(yaml)", str(err))]) from None
     pipelines = []
     all_errors: list[FieldError] = []
     for index, document in enumerate(documents):
         if isinstance(document, dict) and document.get("kind") not in (None, "Pipeline"):
             continue
         try:
-            pipelines.append(parse_pipeline(document, str(path)))
+            pipelines.append(parse_pipeline(document, source))
         except PipelineInvalid as err:
             prefix = f"[document {index}] " if len(documents) > 1 else ""
             all_errors += [FieldError(prefix + e.path, e.message) for e in err.errors]
     if all_errors:
-        raise PipelineInvalid(str(path), all_errors)
+        raise PipelineInvalid(source, all_errors)
     if not pipelines:
-        raise PipelineInvalid(str(path), [FieldError("(document)", "no Pipeline found")])
+        raise PipelineInvalid(source, [FieldError("(document)", "no Pipeline found")])
     return pipelines
 
 
