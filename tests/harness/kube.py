@@ -5,6 +5,10 @@ with freshly generated certificates. There is no scheduler and no kubelet: Deplo
 ReplicaSets and ReplicaSets get Pods, but Pods never run. That is enough to test what an
 operator writes, plus the controllers (garbage collection, HPA) that act on it.
 
+Given a `NodeAddress`, the same control plane serves a real node (tests/harness/node.py): the
+apiserver listens on and advertises the node's address so that pods reach it through the
+`kubernetes` Service, authorizes kubelets with the Node authorizer, and every controller runs.
+
 The binaries come from scripts/provision.sh; a missing one raises ComponentMissing, which
 tests must report as a failure, not a skip.
 """
@@ -25,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +49,8 @@ SERVICE_CIDR = "10.0.0.0/24"
 # The first address of SERVICE_CIDR: the in-cluster `kubernetes` Service, which the serving
 # certificate has to cover.
 SERVICE_IP = "10.0.0.1"
+# The identity the apiserver proxies to aggregated APIs with (its front-proxy client cert).
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 CONTROLLERS = (
     "garbage-collector-controller",
@@ -58,7 +65,20 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
 )
 
+# A node needs the controllers a real cluster runs: endpoint slices for Services, node
+# lifecycle to lift the not-ready taint, jobs, cluster-role aggregation for charts' roles, ...
+NODE_CONTROLLERS = ("*",)
+
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    """Where the control plane of a real node listens: an address pods can route to, which
+    exists only inside the run's network namespace, and the name the kubelet registers."""
+
+    ip: str
+    name: str
 
 
 class KubeControlPlaneError(RuntimeError):
@@ -80,7 +100,11 @@ class KubeControlPlane(StartStop):
         start_timeout: float = 60.0,
         stop_timeout: float = 10.0,
         keep_dir: bool | None = None,
+        node: NodeAddress | None = None,
+        parent_dir: Path | None = None,
     ) -> None:
+        self.node = node
+        self.parent_dir = parent_dir
         self.hpa_sync_period = hpa_sync_period
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -92,6 +116,7 @@ class KubeControlPlane(StartStop):
         self.kubeconfig: Path | None = None
         self.server: str | None = None
         self.etcd_url: str | None = None
+        self.pki: _Pki | None = None
         self.startup_seconds: float | None = None
         self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self._atexit_registered = False
@@ -106,7 +131,7 @@ class KubeControlPlane(StartStop):
         apiserver = find_binary("kube-apiserver")
         controller_manager = find_binary("kube-controller-manager")
         began = time.monotonic()
-        self.dir = Path(tempfile.mkdtemp(prefix="flowmill-kube-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="flowmill-kube-", dir=self.parent_dir))
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
@@ -118,7 +143,7 @@ class KubeControlPlane(StartStop):
             timings.append(f"{name} {time.monotonic() - t0:.1f}s")
 
         try:
-            pki = _Pki(self.dir / "pki")
+            pki = self.pki = _Pki(self.dir / "pki", self.node)
             timings.append(f"certs {time.monotonic() - began:.1f}s")
             timed("etcd", lambda: self._start_etcd(etcd))
             timed("kube-apiserver", lambda: self._start_apiserver(apiserver, pki))
@@ -135,6 +160,13 @@ class KubeControlPlane(StartStop):
             f"({', '.join(timings)})"
         )
         return self
+
+    def stop_component(self, name: str) -> None:
+        """Stop one component ahead of the rest (a node's teardown stops the controllers
+        first, so that nothing recreates the pods it deletes)."""
+        for entry in [p for p in self._procs if p[0] == name]:
+            terminate(entry[1], self.stop_timeout)
+            self._procs.remove(entry)
 
     def stop(self) -> None:
         # Reverse order: the controller-manager and apiserver complain loudly (and slowly)
@@ -153,6 +185,14 @@ class KubeControlPlane(StartStop):
             self._atexit_registered = False
 
     # -- clients -----------------------------------------------------------------------------
+
+    def write_kubeconfig(self, path: Path, cert: Path, key: Path) -> Path:
+        """A kubeconfig for this apiserver with another client identity (a kubelet's)."""
+        if self.server is None or self.pki is None:
+            raise RuntimeError("KubeControlPlane is not started")
+        path.write_text(_kubeconfig(self.server, self.pki.ca_cert, cert, key))
+        path.chmod(0o600)
+        return path
 
     def api_client(self) -> k8s_client.ApiClient:
         """A new ApiClient authenticated as the admin; close it (or use `with`) when done."""
@@ -243,22 +283,46 @@ class KubeControlPlane(StartStop):
     def _start_apiserver(self, binary: Path, pki: _Pki) -> None:
         assert self.dir is not None
         (port,) = free_ports(1)
-        self.server = f"https://127.0.0.1:{port}"
+        address = self.node.ip if self.node else "127.0.0.1"
+        self.server = f"https://{address}:{port}"
         cert_dir = self.dir / "apiserver"
         cert_dir.mkdir()
+        node_flags: list[str] = []
+        if self.node:
+            node_flags = [
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                # `kubectl logs` and `exec` go to the kubelet at the node's own address.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki.kubelet_client_cert}",
+                f"--kubelet-client-key={pki.kubelet_client_key}",
+                # The aggregation layer, for APIServices such as prometheus-adapter's
+                # external.metrics.k8s.io: the apiserver proxies to them as the front
+                # proxy, naming the user in headers that the front-proxy CA vouches for.
+                f"--requestheader-client-ca-file={pki.front_proxy_ca}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki.front_proxy_client_cert}",
+                f"--proxy-client-key-file={pki.front_proxy_client_key}",
+                # To the Service's endpoint, not its ClusterIP: a routing decision the
+                # apiserver then makes without kube-proxy.
+                "--enable-aggregator-routing=true",
+            ]
         self._spawn(
             "kube-apiserver",
             [
                 str(binary),
                 f"--etcd-servers={self.etcd_url}",
                 f"--secure-port={port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--cert-dir={cert_dir}",
                 f"--tls-cert-file={pki.serving_cert}",
                 f"--tls-private-key-file={pki.serving_key}",
                 f"--client-ca-file={pki.ca_cert}",
-                "--authorization-mode=RBAC",
+                *(node_flags or ["--authorization-mode=RBAC"]),
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--service-account-issuer={self.server}",
                 f"--service-account-key-file={pki.sa_public}",
@@ -300,7 +364,7 @@ class KubeControlPlane(StartStop):
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
                 "--leader-elect=false",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(NODE_CONTROLLERS if self.node else CONTROLLERS)}",
                 f"--service-account-private-key-file={pki.sa_private}",
                 f"--root-ca-file={pki.ca_cert}",
                 "--use-service-account-credentials=false",
@@ -346,20 +410,31 @@ class KubeControlPlane(StartStop):
 
     def _wait(self, name: str, check: Callable[[], bool]) -> None:
         _, proc, log_path = next(p for p in self._procs if p[0] == name)
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise KubeControlPlaneError(
-                    f"{name} exited with code {proc.returncode} during startup; "
-                    f"last lines of {log_path.name}:\n{tail(log_path) or '(empty log)'}"
-                )
-            if check():
-                return
-            time.sleep(0.1)
-        raise KubeControlPlaneError(
-            f"{name} not ready after {self.start_timeout:.0f}s; "
-            f"last lines of {log_path.name}:\n{tail(log_path) or '(empty log)'}"
-        )
+        wait_started(name, proc, log_path, check, self.start_timeout)
+
+
+def wait_started(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
+    check: Callable[[], bool],
+    timeout: float,
+) -> None:
+    """Poll check() until it passes; fail with the tail of the log if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise KubeControlPlaneError(
+                f"{name} exited with code {proc.returncode} during startup; "
+                f"last lines of {log_path}:\n{tail(log_path) or '(empty log)'}"
+            )
+        if check():
+            return
+        time.sleep(0.1)
+    raise KubeControlPlaneError(
+        f"{name} not ready after {timeout:.0f}s; "
+        f"last lines of {log_path}:\n{tail(log_path) or '(empty log)'}"
+    )
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
@@ -402,9 +477,10 @@ def _kubeconfig(server: str, ca: Path, cert: Path, key: Path) -> str:
 
 
 class _Pki:
-    """CA, apiserver serving cert, admin client cert and service-account key pair, as files."""
+    """CA, apiserver serving cert, admin client cert and service-account key pair, as files;
+    for a node also the kubelet's, kube-proxy's and the apiserver's kubelet-client certs."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, node: NodeAddress | None = None) -> None:
         directory.mkdir(parents=True)
         self.dir = directory
         # EC keys for the certificates: generating RSA keys is the slow part of a start-up.
@@ -460,6 +536,7 @@ class _Pki:
             [
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 x509.IPAddress(ipaddress.ip_address(SERVICE_IP)),
+                *([x509.IPAddress(ipaddress.ip_address(node.ip))] if node else []),
                 x509.DNSName("localhost"),
                 x509.DNSName("kubernetes"),
                 x509.DNSName("kubernetes.default"),
@@ -482,6 +559,39 @@ class _Pki:
         self.admin_cert = self._write_cert("admin.crt", admin)
         self.admin_key = self._write_key("admin.key", admin_key)
 
+        def client(
+            name: str, common_name: str, organization: str | None = None
+        ) -> tuple[Path, Path]:
+            attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+            if organization:
+                attributes.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+            cert, key = leaf(x509.Name(attributes), ExtendedKeyUsageOID.CLIENT_AUTH)
+            return self._write_cert(f"{name}.crt", cert), self._write_key(f"{name}.key", key)
+
+        if node:
+            # The identities a real cluster uses, so that the Node authorizer and the
+            # bootstrap RBAC roles (system:node-proxier) decide what each may do.
+            self.node_cert, self.node_key = client(
+                "node", f"system:node:{node.name}", "system:nodes"
+            )
+            self.proxy_cert, self.proxy_key = client("proxy", "system:kube-proxy")
+            self.kubelet_client_cert, self.kubelet_client_key = client(
+                "kubelet-client", "kube-apiserver-kubelet-client", "system:masters"
+            )
+            # The kubelet's serving cert, so that its API (logs, exec) is on the cluster CA.
+            serving_kubelet, serving_kubelet_key = leaf(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node.name)]),
+                ExtendedKeyUsageOID.SERVER_AUTH,
+                [x509.IPAddress(ipaddress.ip_address(node.ip)), x509.DNSName(node.name)],
+            )
+            self.kubelet_serving_cert = self._write_cert("kubelet.crt", serving_kubelet)
+            self.kubelet_serving_key = self._write_key("kubelet.key", serving_kubelet_key)
+            # A CA of its own for the front proxy, as kubeadm makes one: extension
+            # apiservers trust request headers only from clients it signed.
+            self.front_proxy_ca, self.front_proxy_client_cert, self.front_proxy_client_key = (
+                self._front_proxy()
+            )
+
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.sa_private = self._write_key("sa.key", sa_key)
         self.sa_public = self.dir / "sa.pub"
@@ -489,6 +599,31 @@ class _Pki:
             sa_key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
+        )
+
+    def _front_proxy(self) -> tuple[Path, Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flowmill-front-proxy-ca")])
+        ca = (
+            _builder(name, name, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        client_key = ec.generate_private_key(ec.SECP256R1())
+        client = (
+            _builder(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, FRONT_PROXY_CLIENT)]),
+                name,
+                client_key.public_key(),
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return (
+            self._write_cert("front-proxy-ca.crt", ca),
+            self._write_cert("front-proxy-client.crt", client),
+            self._write_key("front-proxy-client.key", client_key),
         )
 
     def _write_cert(self, name: str, cert: x509.Certificate) -> Path:
