@@ -18,6 +18,7 @@ KUBE_VERSION=v1.34.4
 ETCD_VERSION=v3.5.21
 HELM_VERSION=v3.16.4
 KAFKA_VERSION=3.9.1
+PROMETHEUS_ADAPTER_VERSION=v0.12.0
 
 mkdir -p "$BIN"
 say() { printf '[provision] %s\n' "$*"; }
@@ -79,6 +80,19 @@ provision_promtool() {
   fi
   apt_install prometheus
   (service prometheus stop || true) >/dev/null 2>&1
+}
+
+provision_prometheus_adapter() {
+  # The autoscaling tests run Debian's Prometheus (the promtool package's server binary)
+  # and this adapter, which serves external.metrics.k8s.io to the HPA controller.
+  if have_stamp prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION" && [ -x "$BIN/adapter" ]; then
+    say "prometheus-adapter $PROMETHEUS_ADAPTER_VERSION: present"
+    return
+  fi
+  say "prometheus-adapter $PROMETHEUS_ADAPTER_VERSION: building from the Go module proxy (first time takes minutes)"
+  CGO_ENABLED=0 GOBIN="$BIN" go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/prometheus-adapter/cmd/adapter@$PROMETHEUS_ADAPTER_VERSION"
+  put_stamp prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION"
 }
 
 provision_chromium() {
@@ -146,7 +160,8 @@ case "$only" in
   kube) provision_etcd; provision_kube ;;
   helm) provision_helm ;;
   promtool) provision_promtool ;;
+  prometheus-adapter) provision_promtool; provision_prometheus_adapter ;;
   chromium) provision_chromium ;;
-  *) provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_chromium; provision_etcd; provision_kube; provision_helm ;;
+  *) provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_chromium; provision_etcd; provision_kube; provision_helm; provision_prometheus_adapter ;;
 esac
 say "done (cache: $CACHE)"

@@ -1,0 +1,350 @@
+"""The autoscaling loop's metrics half on the single-node cluster: Prometheus scraping the
+pods, and prometheus-adapter serving external.metrics.k8s.io through the apiserver's
+aggregation layer, so that the controller-manager's real HPA controller reads lag.
+
+Both run as processes inside the node's network namespace, with the rules the chart
+ships (charts/flowmill/files): Prometheus finds the pods through Kubernetes service
+discovery against the test apiserver (admin client cert) and keeps those annotated
+prometheus.io/scrape, as a Prometheus without the Prometheus Operator does; the adapter
+listens on the node address, and a selector-less Service with a manual Endpoints object
+plus an APIService register it (the apiserver runs with --enable-aggregator-routing and
+front-proxy certificates, tests/harness/kube.py).
+
+Prometheus is Debian's (/usr/bin/prometheus, the package that brings promtool); the adapter
+is built by `scripts/provision.sh prometheus-adapter`. A missing one raises
+ComponentMissing, which tests report as a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes.client.rest import ApiException
+
+from flowmill.local import ComponentMissing, find_binary
+from flowmill.local.ports import LOOPBACK, StartStop, free_ports, spawn, terminate
+from tests.harness.kube import wait_for, wait_started
+from tests.harness.node import NODE_IP, KubeNode
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART_FILES = ROOT / "charts" / "flowmill" / "files"
+RECORDING_RULES = CHART_FILES / "recording-rules.yaml"
+ADAPTER_VALUES = CHART_FILES / "prometheus-adapter-values.yaml"
+PROMETHEUS = Path("/usr/bin/prometheus")
+EXTERNAL_GROUP = "external.metrics.k8s.io"
+EXTERNAL_VERSION = "v1beta1"
+APISERVICE = f"{EXTERNAL_VERSION}.{EXTERNAL_GROUP}"
+NAMESPACE = "flowmill-metrics"
+SERVICE = "prometheus-adapter"
+
+
+def adapter_config() -> dict[str, Any]:
+    """The adapter's config file: the external rules of the chart's adapter values."""
+    values = yaml.safe_load(ADAPTER_VALUES.read_text())
+    return {"externalRules": values["rules"]["external"]}
+
+
+def prometheus_config(
+    server: str, ca: Path, cert: Path, key: Path, interval: str, rules: Path
+) -> dict[str, Any]:
+    """Scrape every annotated Running pod, labelled with its namespace and name."""
+    meta = "__meta_kubernetes_pod_"
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {
+                "job_name": "kubernetes-pods",
+                "scrape_timeout": interval,
+                "kubernetes_sd_configs": [
+                    {
+                        "role": "pod",
+                        "api_server": server,
+                        "tls_config": {
+                            "ca_file": str(ca),
+                            "cert_file": str(cert),
+                            "key_file": str(key),
+                        },
+                    }
+                ],
+                "relabel_configs": [
+                    {
+                        "source_labels": [f"{meta}annotation_prometheus_io_scrape"],
+                        "regex": "true",
+                        "action": "keep",
+                    },
+                    {"source_labels": [f"{meta}phase"], "regex": "Running", "action": "keep"},
+                    {
+                        "source_labels": [f"{meta}ip", f"{meta}annotation_prometheus_io_port"],
+                        "regex": "(.+);(.+)",
+                        "replacement": "$1:$2",
+                        "target_label": "__address__",
+                    },
+                    {
+                        "source_labels": [f"{meta}annotation_prometheus_io_path"],
+                        "regex": "(.+)",
+                        "target_label": "__metrics_path__",
+                    },
+                    {
+                        "source_labels": ["__meta_kubernetes_namespace"],
+                        "target_label": "namespace",
+                    },
+                    {"source_labels": [f"{meta}name"], "target_label": "pod"},
+                ],
+            }
+        ],
+    }
+
+
+class MetricsStack(StartStop):
+    """Prometheus + prometheus-adapter for a started KubeNode; stop() unregisters the
+    APIService first, so that the apiserver's discovery never lists a dead API."""
+
+    def __init__(
+        self,
+        node: KubeNode,
+        *,
+        scrape_interval: str = "2s",
+        relist_interval: str = "5s",
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.node = node
+        self.scrape_interval = scrape_interval
+        self.relist_interval = relist_interval
+        self.start_timeout = start_timeout
+        self.dir: Path | None = None
+        self.prometheus_url: str | None = None
+        self.adapter_port: int | None = None
+        self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> MetricsStack:
+        if not PROMETHEUS.is_file():
+            raise ComponentMissing("prometheus (Debian package prometheus)", str(PROMETHEUS))
+        adapter = find_binary("adapter")
+        cp = self.node.control_plane
+        if cp is None or cp.pki is None or cp.server is None or cp.kubeconfig is None:
+            raise RuntimeError("MetricsStack needs a started KubeNode")
+        self.dir = self.node.dir / "metrics"
+        self.dir.mkdir(exist_ok=True)
+        try:
+            self._start_prometheus(cp.server, cp.pki.ca_cert, cp.pki.admin_cert, cp.pki.admin_key)
+            self._start_adapter(adapter, cp.kubeconfig)
+            self._register()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self._unregister()
+        for _, proc, _ in reversed(self._procs):
+            terminate(proc, 10.0)
+        self._procs.clear()
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query's samples: [{"metric": {...}, "value": [t, "v"]}, ...]."""
+        assert self.prometheus_url is not None
+        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = json.load(resp)
+        if body.get("status") != "success":
+            raise RuntimeError(f"Prometheus query {promql!r} failed: {body}")
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def value(self, promql: str) -> float | None:
+        """The query's single value (summed over its samples), None without samples."""
+        samples = self.query(promql)
+        return sum(float(s["value"][1]) for s in samples) if samples else None
+
+    def external_metric(
+        self, namespace: str, metric: str, labels: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """What the HPA controller reads: the metric's items through the apiserver."""
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        path = (
+            f"/apis/{EXTERNAL_GROUP}/{EXTERNAL_VERSION}/namespaces/{namespace}/{metric}?"
+            + urllib.parse.urlencode({"labelSelector": selector})
+        )
+        assert self.node.control_plane is not None
+        data = json.loads(self.node.control_plane.kubectl("get", "--raw", path))
+        items: list[dict[str, Any]] = data.get("items", [])
+        return items
+
+    # -- components --------------------------------------------------------------------------
+
+    def _start_prometheus(self, server: str, ca: Path, cert: Path, key: Path) -> None:
+        assert self.dir is not None
+        (port,) = free_ports(1)
+        self.prometheus_url = f"http://{LOOPBACK}:{port}"
+        rules = self.dir / RECORDING_RULES.name
+        shutil.copy(RECORDING_RULES, rules)
+        config = self.dir / "prometheus.yml"
+        config.write_text(
+            yaml.safe_dump(prometheus_config(server, ca, cert, key, self.scrape_interval, rules))
+        )
+        self._spawn(
+            "prometheus",
+            [
+                str(PROMETHEUS),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.dir / 'tsdb'}",
+                f"--web.listen-address={LOOPBACK}:{port}",
+                "--storage.tsdb.retention.time=1d",
+                "--log.level=warn",
+            ],
+        )
+        self._wait("prometheus", lambda: _http_ok(f"{self.prometheus_url}/-/ready"))
+
+    def _start_adapter(self, binary: Path, kubeconfig: Path) -> None:
+        assert self.dir is not None and self.prometheus_url is not None
+        (port,) = free_ports(1)
+        self.adapter_port = port
+        config = self.dir / "adapter.yaml"
+        config.write_text(yaml.safe_dump(adapter_config()))
+        self._spawn(
+            "prometheus-adapter",
+            [
+                str(binary),
+                f"--secure-port={port}",
+                # The apiserver dials the Service's endpoint, which cannot be loopback.
+                f"--bind-address={NODE_IP}",
+                f"--cert-dir={self.dir / 'adapter-certs'}",
+                f"--lister-kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                f"--prometheus-url={self.prometheus_url}/",
+                f"--metrics-relist-interval={self.relist_interval}",
+                f"--config={config}",
+                "--v=2",
+            ],
+        )
+        self._wait("prometheus-adapter", lambda: _https_ok(f"https://{NODE_IP}:{port}/readyz"))
+
+    def _register(self) -> None:
+        assert self.adapter_port is not None
+        with self.node.api_client() as api:
+            core = k8s_client.CoreV1Api(api)
+            _create(lambda: core.create_namespace({"metadata": {"name": NAMESPACE}}))
+            port = {"name": "https", "port": 443, "targetPort": self.adapter_port}
+            _create(
+                lambda: core.create_namespaced_service(
+                    NAMESPACE, {"metadata": {"name": SERVICE}, "spec": {"ports": [port]}}
+                )
+            )
+            # No selector: the endpoint is the adapter process on the node (the
+            # endpoint-slice mirroring controller copies it into an EndpointSlice).
+            _create(
+                lambda: core.create_namespaced_endpoints(
+                    NAMESPACE,
+                    {
+                        "metadata": {"name": SERVICE},
+                        "subsets": [
+                            {
+                                "addresses": [{"ip": NODE_IP}],
+                                "ports": [{"name": "https", "port": self.adapter_port}],
+                            }
+                        ],
+                    },
+                )
+            )
+            registration = k8s_client.ApiregistrationV1Api(api)
+            body = {
+                "apiVersion": "apiregistration.k8s.io/v1",
+                "kind": "APIService",
+                "metadata": {"name": APISERVICE},
+                "spec": {
+                    "group": EXTERNAL_GROUP,
+                    "version": EXTERNAL_VERSION,
+                    "service": {"namespace": NAMESPACE, "name": SERVICE, "port": 443},
+                    # The adapter's self-signed serving cert (--cert-dir).
+                    "insecureSkipTLSVerify": True,
+                    "groupPriorityMinimum": 100,
+                    "versionPriority": 100,
+                },
+            }
+            _create(lambda: registration.create_api_service(body))
+
+            def available() -> bool:
+                got = registration.read_api_service(APISERVICE)
+                conditions = (got.status.conditions if got.status else None) or []
+                return any(c.type == "Available" and c.status == "True" for c in conditions)
+
+            try:
+                wait_for(available, self.start_timeout, f"APIService {APISERVICE} Available", 0.5)
+            except TimeoutError as err:
+                got = registration.read_api_service(APISERVICE)
+                raise TimeoutError(f"{err}: {got.status}") from None
+
+    def _unregister(self) -> None:
+        if self.node.control_plane is None or self.node.control_plane.kubeconfig is None:
+            return
+        with self.node.api_client() as api:
+            try:
+                k8s_client.ApiregistrationV1Api(api).delete_api_service(APISERVICE)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+    # -- process plumbing --------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        assert self.dir is not None
+        log_path = self.dir / f"{name}.log"
+        self._procs.append((name, spawn(argv, log_path, cwd=self.dir), log_path))
+
+    def _wait(self, name: str, check: Callable[[], bool]) -> None:
+        _, proc, log_path = next(p for p in self._procs if p[0] == name)
+        wait_started(name, proc, log_path, check, self.start_timeout)
+
+
+def _create(make: Callable[[], object]) -> None:
+    try:
+        make()
+    except ApiException as e:
+        if e.status != 409:
+            raise
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.HTTPError):
+        return False
+
+
+def _https_ok(url: str) -> bool:
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=insecure) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.HTTPError):
+        return False
+
+
+def wait_seconds(
+    probe: Callable[[], object], timeout: float, what: str, interval: float = 0.5
+) -> float:
+    """Poll probe() until truthy; the seconds it took (for the benchmark's figures)."""
+    began = time.monotonic()
+    wait_for(probe, timeout, what, interval)
+    return time.monotonic() - began
