@@ -3,9 +3,11 @@ pods, and prometheus-adapter serving external.metrics.k8s.io through the apiserv
 aggregation layer, so that the controller-manager's real HPA controller reads lag.
 
 Both run as processes inside the node's network namespace, with the rules the chart
-ships (charts/flowmill/files): Prometheus finds the pods through Kubernetes service
-discovery against the test apiserver (admin client cert) and keeps those annotated
-prometheus.io/scrape, as a Prometheus without the Prometheus Operator does; the adapter
+ships (charts/flowmill/files): Prometheus scrapes the pods annotated prometheus.io/scrape,
+as a Prometheus without the Prometheus Operator does. Debian builds Prometheus without
+Kubernetes service discovery, so the harness lists the pods on the test apiserver and
+keeps a file_sd targets file current (what that discovery plus the usual relabelling
+would produce); the adapter
 listens on the node address, and a selector-less Service with a manual Endpoints object
 plus an APIService register it (the apiserver runs with --enable-aggregator-routing and
 front-proxy certificates, tests/harness/kube.py).
@@ -21,6 +23,7 @@ import json
 import shutil
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -56,11 +59,9 @@ def adapter_config() -> dict[str, Any]:
     return {"externalRules": values["rules"]["external"]}
 
 
-def prometheus_config(
-    server: str, ca: Path, cert: Path, key: Path, interval: str, rules: Path
-) -> dict[str, Any]:
-    """Scrape every annotated Running pod, labelled with its namespace and name."""
-    meta = "__meta_kubernetes_pod_"
+def prometheus_config(targets: Path, interval: str, rules: Path) -> dict[str, Any]:
+    """Scrape the pods listed in `targets` (file service discovery, kept current by
+    MetricsStack: Debian builds Prometheus without Kubernetes service discovery)."""
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(rules)],
@@ -68,44 +69,34 @@ def prometheus_config(
             {
                 "job_name": "kubernetes-pods",
                 "scrape_timeout": interval,
-                "kubernetes_sd_configs": [
-                    {
-                        "role": "pod",
-                        "api_server": server,
-                        "tls_config": {
-                            "ca_file": str(ca),
-                            "cert_file": str(cert),
-                            "key_file": str(key),
-                        },
-                    }
-                ],
-                "relabel_configs": [
-                    {
-                        "source_labels": [f"{meta}annotation_prometheus_io_scrape"],
-                        "regex": "true",
-                        "action": "keep",
-                    },
-                    {"source_labels": [f"{meta}phase"], "regex": "Running", "action": "keep"},
-                    {
-                        "source_labels": [f"{meta}ip", f"{meta}annotation_prometheus_io_port"],
-                        "regex": "(.+);(.+)",
-                        "replacement": "$1:$2",
-                        "target_label": "__address__",
-                    },
-                    {
-                        "source_labels": [f"{meta}annotation_prometheus_io_path"],
-                        "regex": "(.+)",
-                        "target_label": "__metrics_path__",
-                    },
-                    {
-                        "source_labels": ["__meta_kubernetes_namespace"],
-                        "target_label": "namespace",
-                    },
-                    {"source_labels": [f"{meta}name"], "target_label": "pod"},
-                ],
+                "file_sd_configs": [{"files": [str(targets)], "refresh_interval": interval}],
             }
         ],
     }
+
+
+def scrape_targets(pods: list[k8s_client.V1Pod]) -> list[dict[str, Any]]:
+    """What Kubernetes service discovery plus the usual relabelling keeps: Running pods
+    annotated prometheus.io/scrape, at their IP and annotated port and path, labelled with
+    their namespace and name."""
+    targets = []
+    for pod in pods:
+        notes = pod.metadata.annotations or {}
+        if notes.get("prometheus.io/scrape") != "true" or pod.status.phase != "Running":
+            continue
+        if not pod.status.pod_ip or not notes.get("prometheus.io/port"):
+            continue
+        targets.append(
+            {
+                "targets": [f"{pod.status.pod_ip}:{notes['prometheus.io/port']}"],
+                "labels": {
+                    "namespace": pod.metadata.namespace,
+                    "pod": pod.metadata.name,
+                    "__metrics_path__": notes.get("prometheus.io/path", "/metrics"),
+                },
+            }
+        )
+    return targets
 
 
 class MetricsStack(StartStop):
@@ -128,6 +119,9 @@ class MetricsStack(StartStop):
         self.prometheus_url: str | None = None
         self.adapter_port: int | None = None
         self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self.targets = Path()
+        self._stop_discovery = threading.Event()
+        self._discovery: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -136,12 +130,13 @@ class MetricsStack(StartStop):
             raise ComponentMissing("prometheus (Debian package prometheus)", str(PROMETHEUS))
         adapter = find_binary("adapter")
         cp = self.node.control_plane
-        if cp is None or cp.pki is None or cp.server is None or cp.kubeconfig is None:
+        if cp is None or cp.kubeconfig is None:
             raise RuntimeError("MetricsStack needs a started KubeNode")
         self.dir = self.node.dir / "metrics"
         self.dir.mkdir(exist_ok=True)
         try:
-            self._start_prometheus(cp.server, cp.pki.ca_cert, cp.pki.admin_cert, cp.pki.admin_key)
+            self._start_discovery()
+            self._start_prometheus()
             self._start_adapter(adapter, cp.kubeconfig)
             self._register()
         except BaseException:
@@ -151,6 +146,10 @@ class MetricsStack(StartStop):
 
     def stop(self) -> None:
         self._unregister()
+        self._stop_discovery.set()
+        if self._discovery is not None:
+            self._discovery.join(timeout=10)
+            self._discovery = None
         for _, proc, _ in reversed(self._procs):
             terminate(proc, 10.0)
         self._procs.clear()
@@ -189,7 +188,36 @@ class MetricsStack(StartStop):
 
     # -- components --------------------------------------------------------------------------
 
-    def _start_prometheus(self, server: str, ca: Path, cert: Path, key: Path) -> None:
+    def _start_discovery(self) -> None:
+        """List the pods every second and rewrite the targets file when they change."""
+        assert self.dir is not None
+        self.targets = self.dir / "targets.json"
+        self._write_targets([])
+        self._stop_discovery.clear()
+
+        def loop() -> None:
+            with self.node.api_client() as api:
+                core = k8s_client.CoreV1Api(api)
+                last: list[dict[str, Any]] = []
+                while not self._stop_discovery.wait(1.0):
+                    try:
+                        current = scrape_targets(core.list_pod_for_all_namespaces().items)
+                    except (ApiException, OSError):
+                        continue  # the apiserver is going away at teardown
+                    if current != last:
+                        self._write_targets(current)
+                        last = current
+
+        self._discovery = threading.Thread(target=loop, name="scrape-discovery", daemon=True)
+        self._discovery.start()
+
+    def _write_targets(self, targets: list[dict[str, Any]]) -> None:
+        # Written aside and renamed: Prometheus never reads half a file.
+        partial = self.targets.with_suffix(".tmp")
+        partial.write_text(json.dumps(targets))
+        partial.replace(self.targets)
+
+    def _start_prometheus(self) -> None:
         assert self.dir is not None
         (port,) = free_ports(1)
         self.prometheus_url = f"http://{LOOPBACK}:{port}"
@@ -197,7 +225,7 @@ class MetricsStack(StartStop):
         shutil.copy(RECORDING_RULES, rules)
         config = self.dir / "prometheus.yml"
         config.write_text(
-            yaml.safe_dump(prometheus_config(server, ca, cert, key, self.scrape_interval, rules))
+            yaml.safe_dump(prometheus_config(self.targets, self.scrape_interval, rules))
         )
         self._spawn(
             "prometheus",
