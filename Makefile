@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: provision provision-local test lint crd demo clean
+.PHONY: provision provision-local test lint crd demo cluster cluster-down clean
 
 provision:            ## everything the tests need (Python env, Kafka, Redis, etcd, kube-apiserver, ...)
 	scripts/provision.sh
@@ -11,9 +11,11 @@ provision:            ## everything the tests need (Python env, Kafka, Redis, et
 provision-local:      ## only what `flowmill run` needs (Python env, Kafka, Redis)
 	scripts/provision.sh --local
 
-lint: provision-local
+lint: provision-local ## ruff, the import contracts (import-linter) and the types (mypy)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 crd:                  ## regenerate the committed CRD from the spec models
 	$(VENV)/bin/flowmill crd --write
@@ -21,10 +23,18 @@ crd:                  ## regenerate the committed CRD from the spec models
 test: provision       ## set up and run the whole test suite on real Kafka, Redis and Kubernetes
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+	scripts/cluster.sh test
 
 demo: provision-local ## set up and run the demo pipeline locally
 	$(VENV)/bin/flowmill run k8s/examples/streampulse.yaml
+
+cluster: provision    ## start the single-node Kubernetes cluster; prints its KUBECONFIG
+	scripts/cluster.sh up
+
+cluster-down:         ## tear the cluster down and check the host is as it was
+	scripts/cluster.sh down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
