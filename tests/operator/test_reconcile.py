@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client.rest import ApiException
+
+from flowmill.manifest import parse_pipeline
 from flowmill_operator import naming
 from flowmill_operator.render import Manifest, render
 from flowmill_operator.runner import OperatorThread
 from flowmill_operator.status import parse_quantity
-from kubernetes.client.rest import ApiException
-
-from flowmill.manifest import parse_pipeline
 from tests.harness.kube import KubeControlPlane
 from tests.operator.fixtures import TEST_IMAGE, TEST_RENDER
 from tests.operator.helpers import (
@@ -31,8 +31,6 @@ from tests.operator.helpers import (
     pipeline_documents,
     wait_for,
 )
-
-pytestmark = pytest.mark.kube
 
 SKETCH = example_files()[0]
 FULL = example_files()[1]
@@ -116,6 +114,17 @@ def read(cluster: Cluster, manifest: Manifest) -> dict[str, Any]:
     return dict(cluster.custom.get_namespaced_custom_object(group, version, ns, plural, name))
 
 
+def service_accounts(body: dict[str, Any]) -> set[str]:
+    """Every serviceAccountName the Pipeline's pod templates name."""
+    spec = body["spec"]
+    parts = [spec, *spec.get("sources", []), *spec.get("steps", []), spec.get("api", {})]
+    return {
+        p["template"]["serviceAccountName"]
+        for p in parts
+        if "serviceAccountName" in (p.get("template") or {})
+    }
+
+
 def make_ready(cluster: Cluster, body: dict[str, Any], timeout: float = 20) -> dict[str, Any]:
     """Play Strimzi and the kubelet until the Pipeline reports Ready. Looping matters:
     the HPA controller scales the API up to its minReplicas a few seconds in, and the new
@@ -148,6 +157,12 @@ def test_example_pipeline_gets_every_child_then_becomes_ready(
     kafka_ns = f"{op_namespace}-kafka"
     cluster.create_namespace(kafka_ns)
     body = for_namespace(document, op_namespace, kafka_ns)
+    # The ReplicaSet controller creates no pod whose ServiceAccount is missing: a pod
+    # template naming one needs it to exist, as on any cluster.
+    for account in service_accounts(body):
+        cluster.core.create_namespaced_service_account(
+            op_namespace, {"metadata": {"name": account}}
+        )
     created, seconds = create_and_wait(cluster, body)
     record_property("children_seconds", round(seconds, 3))
     print(f"\n[operator] {path.name}: all children seen by the test after {seconds:.2f}s")
