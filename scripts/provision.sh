@@ -19,6 +19,7 @@ ETCD_VERSION=v3.5.21
 HELM_VERSION=v3.16.4
 KAFKA_VERSION=3.9.1
 PROMETHEUS_ADAPTER_VERSION=v0.12.0
+SKAFFOLD_VERSION=v2.16.1
 
 mkdir -p "$BIN"
 say() { printf '[provision] %s\n' "$*"; }
@@ -145,6 +146,33 @@ provision_helm() {
   put_stamp helm "$HELM_VERSION"
 }
 
+provision_skaffold() {
+  # `go install ...@version` refuses skaffold (its go.mod has replace directives); building
+  # inside the module source that `go mod download` fetched honours them.
+  if have_stamp skaffold "$SKAFFOLD_VERSION" && [ -x "$BIN/skaffold" ]; then
+    say "skaffold $SKAFFOLD_VERSION: present"
+    return
+  fi
+  say "skaffold $SKAFFOLD_VERSION: building from the Go module proxy (first time takes minutes)"
+  local module=github.com/GoogleContainerTools/skaffold/v2 dir
+  dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$module@$SKAFFOLD_VERSION" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -o "$BIN/skaffold" -ldflags "-s -w \
+-X $module/pkg/skaffold/version.version=$SKAFFOLD_VERSION" ./cmd/skaffold)
+  put_stamp skaffold "$SKAFFOLD_VERSION"
+}
+
+provision_registry() {
+  # The local registry `skaffold run -p buildah` pushes to; the cluster harness starts it
+  # inside the node's namespace, so the package's own service stays off.
+  if command -v docker-registry >/dev/null 2>&1; then
+    say "docker-registry: present"
+    return
+  fi
+  apt_install docker-registry
+  (service docker-registry stop || true) >/dev/null 2>&1
+}
+
 only=""
 case "${1:-}" in
   --local) only=local ;;
@@ -159,9 +187,10 @@ case "$only" in
   redis) provision_redis ;;
   kube) provision_etcd; provision_kube ;;
   helm) provision_helm ;;
+  skaffold) provision_registry; provision_skaffold ;;
   promtool) provision_promtool ;;
   prometheus-adapter) provision_promtool; provision_prometheus_adapter ;;
   chromium) provision_chromium ;;
-  *) provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_chromium; provision_etcd; provision_kube; provision_helm; provision_prometheus_adapter ;;
+  *) provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_chromium; provision_etcd; provision_kube; provision_helm; provision_registry; provision_skaffold; provision_prometheus_adapter ;;
 esac
 say "done (cache: $CACHE)"

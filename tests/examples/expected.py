@@ -52,14 +52,13 @@ def event_ms(text: str) -> int | None:
         return None
 
 
-def streampulse_windows(
+def streampulse_accepted(
     records: list[dict[str, Any]],
-) -> tuple[dict[Any, dict[str, Any]], list[Any]]:
-    """{(region, start): aggregates} and the trip_ids of the dead-lettered events, from the
-    records of trip-events in partition, then offset order (harness.read_topic)."""
-    sums: dict[tuple[str, int], dict[str, Any]] = defaultdict(
-        lambda: {"trips": 0, "revenue": 0.0, "duration": 0.0, "distance": 0.0, "max_fare": None}
-    )
+) -> tuple[list[tuple[tuple[str, int], dict[str, Any]]], list[Any]]:
+    """The events the window step aggregates, each with its (region, window start), and the
+    trip_ids of the dead-lettered ones, from the records of trip-events in partition, then
+    offset order (harness.read_topic)."""
+    accepted: list[tuple[tuple[str, int], dict[str, Any]]] = []
     dead: list[Any] = []
     watermark: dict[int, int] = {}
     for r in records:
@@ -74,21 +73,27 @@ def streampulse_windows(
             dead.append(e.get("trip_id"))
             continue
         watermark[r["partition"]] = ts if mark is None else max(mark, ts)
-        w = sums[(str(e["region_id"]), start)]
-        w["trips"] += 1
-        w["revenue"] += e["fare"]
-        w["duration"] += e["duration"]
-        w["distance"] += e["distance"]
-        w["max_fare"] = e["fare"] if w["max_fare"] is None else max(w["max_fare"], e["fare"])
+        accepted.append(((str(e["region_id"]), start), e))
+    return accepted, dead
+
+
+def streampulse_windows(
+    records: list[dict[str, Any]],
+) -> tuple[dict[Any, dict[str, Any]], list[Any]]:
+    """{(region, start): aggregates} of the by-region step, and the dead-lettered trip_ids."""
+    accepted, dead = streampulse_accepted(records)
+    events: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for key, e in accepted:
+        events[key].append(e)
     expected = {
         key: {
-            "trips": w["trips"],
-            "revenue": w["revenue"],
-            "avg_duration": w["duration"] / w["trips"],
-            "avg_distance": w["distance"] / w["trips"],
-            "max_fare": w["max_fare"],
+            "trips": len(es),
+            "revenue": sum(e["fare"] for e in es),
+            "avg_duration": sum(e["duration"] for e in es) / len(es),
+            "avg_distance": sum(e["distance"] for e in es) / len(es),
+            "max_fare": max(e["fare"] for e in es),
         }
-        for key, w in sums.items()
+        for key, es in events.items()
     }
     return expected, dead
 

@@ -1,0 +1,230 @@
+"""StreamPulse on the real node, from `kubectl apply` of its cluster variant to deletion:
+
+- the operator creates the topics through the Kafka admin API, the source, step and API pods
+  run (admitted under `restricted`, read-only root filesystems), and the windows read
+  through the API's Service equal the values tests/examples/expected.py computes;
+- the step's pod, force-deleted mid-stream, is replaced by its Deployment and the windows
+  stay exact;
+- a spec edit (a new step with a new aggregate) rolls every pod and the new aggregate
+  appears;
+- deleting the Pipeline removes its pods, Services, HPAs and the topics the operator created.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s_client
+
+from flowmill_operator import naming
+from flowmill_operator.reconcile import created_topics
+from tests.cluster.examples import (
+    ClusterExample,
+    api_client_for,
+    apply,
+    assert_restricted,
+    child_pods,
+    kafka_topics,
+    kubectl,
+    load,
+    read_pipeline,
+    time_to_answer,
+    wait_running,
+)
+from tests.cluster.release import EXAMPLE_NAMESPACES, Release, pod_ready
+from tests.examples.expected import streampulse_accepted, streampulse_windows
+from tests.examples.harness import read_topic, source, step, topic, wait_for, wait_matching
+from tests.harness.node import KubeNode
+
+pytestmark = pytest.mark.node
+
+NAMESPACE = EXAMPLE_NAMESPACES[0]
+ROWS = 2000
+# Slow enough that the step's pod is deleted while the replay is still going (~20 s).
+RATE = 100
+# Source, step, API.
+DEPLOYMENTS = 3
+
+
+def served_windows(http: Any, base: str, regions: list[str]) -> dict[Any, dict[str, Any]]:
+    found: dict[Any, dict[str, Any]] = {}
+    for region in regions:
+        page = http.get(f"{base}/keys/{region}/windows", params={"limit": 1000})
+        if page.status_code == 404:
+            continue
+        page.raise_for_status()
+        for w in page.json()["windows"]:
+            found[(region, w["start"])] = w["values"]
+    return found
+
+
+def min_fare_step(by_region: dict[str, Any]) -> dict[str, Any]:
+    """The edit: a second window step, like by-region, with a new aggregate (min_fare)."""
+    new = copy.deepcopy(by_region)
+    new["name"] = "min-fare"
+    new["aggregate"] = {"trips": "count", "min_fare": {"min": "fare"}}
+    new["sink"] = {"redis": {"table": "region_min_fare", "ttl": "7d"}}
+    new.pop("autoscaling", None)
+    return new
+
+
+def test_streampulse_on_the_cluster(
+    kube_node: KubeNode,
+    node_api_client: k8s_client.ApiClient,
+    flowmill_release: Release,
+    tmp_path: Path,
+) -> None:
+    assert kube_node.images is not None and kube_node.kafka is not None
+    bootstrap = kube_node.kafka.bootstrap_servers
+    core = k8s_client.CoreV1Api(node_api_client)
+
+    def slower(doc: dict[str, Any]) -> None:
+        source(doc, "replay")["fileReplay"]["rate"] = RATE
+
+    example = load("streampulse", NAMESPACE, tmp_path, kube_node.images.flowmill, slower)
+    trip_events = topic(example.pipeline, "trip-events")
+    apply(kube_node, example)
+
+    # -- pods run; the topics are the operator's -------------------------------------------
+    pods = wait_running(node_api_client, example, DEPLOYMENTS)
+    print(
+        f"[cluster] streampulse: {len(pods)} pods Ready {time_to_answer(example):.1f}s after apply"
+    )
+    assert_restricted(node_api_client, NAMESPACE, pods)
+    pipeline = wait_for(
+        "status.topics to record the topics the operator created",
+        lambda: (
+            (p := read_pipeline(node_api_client, example)).get("status", {}).get("topics") and p
+        ),
+        60,
+    )
+    assert pipeline["status"]["topicManagement"] == "admin"
+    ours = created_topics(pipeline["status"])
+    assert ours == {t["name"] for t in example.pipeline["spec"]["topics"]}
+    assert ours <= kafka_topics(bootstrap)
+
+    # -- a step pod force-deleted mid-stream ---------------------------------------------
+    step_selector = f"{naming.STEP_LABEL}=by-region,{naming.PIPELINE_LABEL}={example.pipeline_name}"
+    (victim,) = core.list_namespaced_pod(NAMESPACE, label_selector=step_selector).items
+    produced = wait_for(
+        "the replay under way",
+        lambda: (n := len(read_topic(bootstrap, trip_events))) >= 300 and n,
+        60,
+    )
+    assert produced < ROWS, "the replay ended before the step's pod could be deleted"
+    kubectl(
+        kube_node,
+        "delete",
+        "pod",
+        victim.metadata.name,
+        "-n",
+        NAMESPACE,
+        "--grace-period=0",
+        "--force",
+    )
+
+    def replaced() -> k8s_client.V1Pod | None:
+        pods = core.list_namespaced_pod(NAMESPACE, label_selector=step_selector).items
+        fresh = [p for p in pods if p.metadata.uid != victim.metadata.uid and pod_ready(p)]
+        return fresh[0] if fresh and len(pods) == 1 else None
+
+    replacement = wait_for("the Deployment to replace the deleted pod", replaced, 120)
+    assert replacement.metadata.name != victim.metadata.name
+
+    records = wait_for(
+        f"all {ROWS} trips replayed",
+        lambda: len(r := read_topic(bootstrap, trip_events)) == ROWS and r,
+        120,
+    )
+    expected, dead = streampulse_windows(records)
+    # 8 invalid rows and 15 late ones, by construction of the data.
+    assert len(dead) == 23
+    regions = sorted({region for region, _ in expected})
+    base = example.table_path("region_metrics")
+    with api_client_for(core, example) as http:
+        wait_matching(
+            "region windows after the pod was force-deleted",
+            lambda: served_windows(http, base, regions),
+            expected,
+            exact={"trips"},
+            timeout=120,
+        )
+        print(f"[cluster] streampulse: exact windows {time_to_answer(example):.1f}s after apply")
+        top = http.get(
+            f"{base}/windows/{max(s for _, s in expected)}/top", params={"by": "revenue"}
+        )
+        assert top.status_code == 200 and top.json()["keys"], top.text
+
+    # -- a spec edit rolls the pods; the new aggregate appears ---------------------------
+    before = {p.metadata.uid for p in child_pods(core, example)}
+    old_hash = replacement.metadata.annotations[naming.SPEC_HASH_ANNOTATION]
+    example.pipeline["spec"]["steps"].append(min_fare_step(step(example.pipeline, "by-region")))
+    apply(kube_node, example)
+    pods = wait_running(node_api_client, example, DEPLOYMENTS + 1)
+    assert not before & {p.metadata.uid for p in pods}, "a pod survived the spec edit"
+    hashes = {p.metadata.annotations[naming.SPEC_HASH_ANNOTATION] for p in pods}
+    assert len(hashes) == 1 and old_hash not in hashes
+    accepted, _ = streampulse_accepted(records)
+    min_fares: dict[Any, dict[str, Any]] = {}
+    for key, e in accepted:
+        w = min_fares.setdefault(key, {"trips": 0, "min_fare": e["fare"]})
+        w["trips"] += 1
+        w["min_fare"] = min(w["min_fare"], e["fare"])
+    with api_client_for(core, example) as http:
+        wait_matching(
+            "the new aggregate min_fare",
+            lambda: served_windows(http, example.table_path("region_min_fare"), regions),
+            min_fares,
+            exact={"trips", "min_fare"},
+            timeout=120,
+        )
+        # The first step's windows are untouched by the roll.
+        assert not served_windows(http, base, regions).keys() ^ expected.keys()
+
+    # -- deletion removes the children and the operator's topics -------------------------
+    hpas = k8s_client.AutoscalingV2Api(node_api_client)
+    selector = naming.child_selector(example.pipeline_name)
+    assert hpas.list_namespaced_horizontal_pod_autoscaler(NAMESPACE, label_selector=selector).items
+    ours = created_topics(read_pipeline(node_api_client, example)["status"])
+    kubectl(kube_node, "delete", "pipeline", example.pipeline_name, "-n", NAMESPACE, "--wait=true")
+    assert_children_gone(node_api_client, example)
+
+    def topics_gone() -> bool:
+        return not ours & kafka_topics(bootstrap)
+
+    wait_for(f"the topics {sorted(ours)} deleted from Kafka", topics_gone, 60)
+
+
+def assert_children_gone(api_client: k8s_client.ApiClient, example: ClusterExample) -> None:
+    core = k8s_client.CoreV1Api(api_client)
+    apps = k8s_client.AppsV1Api(api_client)
+    hpas = k8s_client.AutoscalingV2Api(api_client)
+    ns, selector = example.namespace, naming.child_selector(example.pipeline_name)
+
+    def left() -> list[str]:
+        return [
+            *(f"pod/{p.metadata.name}" for p in child_pods(core, example)),
+            *(
+                f"service/{s.metadata.name}"
+                for s in core.list_namespaced_service(ns, label_selector=selector).items
+            ),
+            *(
+                f"deployment/{d.metadata.name}"
+                for d in apps.list_namespaced_deployment(ns, label_selector=selector).items
+            ),
+            *(
+                f"hpa/{h.metadata.name}"
+                for h in hpas.list_namespaced_horizontal_pod_autoscaler(
+                    ns, label_selector=selector
+                ).items
+            ),
+        ]
+
+    deadline = time.monotonic() + 90
+    while (remaining := left()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not remaining, f"left after the Pipeline's deletion: {remaining}"
