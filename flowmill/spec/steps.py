@@ -53,13 +53,9 @@ class ValidateStep(SpecModel):
     @field_validator("schema_")
     @classmethod
     def _is_json_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from jsonschema import Draft202012Validator
-        from jsonschema.exceptions import SchemaError
+        from flowmill.spec.json_schema import check_event_schema
 
-        try:
-            Draft202012Validator.check_schema(value)
-        except SchemaError as err:
-            raise ValueError(f"not a valid JSON Schema: {err.message}") from None
+        check_event_schema(value)
         return value
 
 
