@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from flowmill.manifest import PipelineInvalid, load_pipelines
+from flowmill.manifest import PipelineInvalid, load_pipelines, pipeline_warnings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -30,6 +30,8 @@ def _validate(args: argparse.Namespace) -> int:
                 f"{path}: Pipeline {p.name} is valid "
                 f"({len(s.topics)} topics, {len(s.sources)} sources, {len(s.steps)} steps)"
             )
+            for warning in pipeline_warnings(p):
+                print(f"{path}: warning: {warning}", file=sys.stderr)
     return 1 if failed else 0
 
 

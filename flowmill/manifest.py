@@ -83,6 +83,28 @@ def parse_pipeline(document: Any, source: str = "<manifest>") -> Pipeline:
         raise PipelineInvalid(source, errors_of(err)) from None
 
 
+def pipeline_warnings(pipeline: Pipeline) -> list[FieldError]:
+    """What is accepted but will not happen as written: a step never runs more workers
+    than its input topic has partitions (the rest would sit idle), so the operator caps
+    replicas and maxReplicas there."""
+    warnings = []
+    for i, step in enumerate(pipeline.spec.steps):
+        partitions = pipeline.spec.topic(step.from_).partitions
+        wanted = [("replicas", step.replicas)]
+        if step.autoscaling is not None:
+            wanted = [("autoscaling.maxReplicas", step.autoscaling.max_replicas)]
+        for field, count in wanted:
+            if count > partitions:
+                warnings.append(
+                    FieldError(
+                        f"spec.steps[{i}].{field}",
+                        f"{count} is more than the {partitions} partition(s) of topic "
+                        f"{step.from_}; capped at {partitions}",
+                    )
+                )
+    return warnings
+
+
 def load_pipelines(path: str | Path) -> list[Pipeline]:
     """Every Pipeline in a YAML file (documents of other kinds are ignored, so a file can
     also hold the Secrets or ConfigMaps a Pipeline uses)."""

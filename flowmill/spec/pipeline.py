@@ -251,22 +251,28 @@ class PipelineSpec(SpecModel):
                 "input": topic,
             }
 
-        for kind, items in (
-            ("topics", self.topics),
-            ("sources", self.sources),
-            ("steps", self.steps),
+        # Sources and steps share one namespace: a kafka source and a step of the same
+        # name would share the consumer group flowmill.{pipeline}.{name}.
+        for kinds in (
+            [("topics", [t.name for t in self.topics])],
+            [("sources", [s.name for s in self.sources]), ("steps", [s.name for s in self.steps])],
         ):
-            seen: set[str] = set()
-            for i, item in enumerate(items):
-                if item.name in seen:
-                    yield {
-                        "type": PydanticCustomError(
-                            "duplicate_name", "duplicate name '{name}'", {"name": item.name}
-                        ),
-                        "loc": (kind, i, "name"),
-                        "input": item.name,
-                    }
-                seen.add(item.name)
+            seen: dict[str, str] = {}
+            for kind, names in kinds:
+                for i, name in enumerate(names):
+                    if name in seen:
+                        yield {
+                            "type": PydanticCustomError(
+                                "duplicate_name",
+                                "duplicate name '{name}' (also {other})",
+                                {"name": name, "other": seen[name]},
+                            ),
+                            "loc": (kind, i, "name"),
+                            "input": name,
+                        }
+                    seen.setdefault(name, f"spec.{kind}[{i}]")
+        yield from _topic_collisions([t.name for t in self.topics])
+        yield from _topic_cycles(self)
         for i, source in enumerate(self.sources):
             if source.to not in declared:
                 yield missing(("sources", i, "to"), source.to)
@@ -344,6 +350,60 @@ class PipelineSpec(SpecModel):
             if source.name == name:
                 return source
         raise KeyError(name)
+
+
+def _topic_collisions(names: list[str]) -> Iterator[InitErrorDetails]:
+    """Kafka refuses a topic whose name differs from another's only by '.' versus '_'
+    (both become '_' in its metric names)."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        folded = name.replace(".", "_")
+        if folded in seen and names[seen[folded]] != name:
+            yield {
+                "type": PydanticCustomError(
+                    "topic_collision",
+                    "topic '{name}' collides with '{other}' (Kafka treats '.' and '_' alike)",
+                    {"name": name, "other": names[seen[folded]]},
+                ),
+                "loc": ("topics", i, "name"),
+                "input": name,
+            }
+        seen.setdefault(folded, i)
+
+
+def _topic_cycles(spec: PipelineSpec) -> Iterator[InitErrorDetails]:
+    """A step (or a kafka source on the same cluster) whose outputs lead back to its own
+    input would process its own results forever: one event becomes endless records."""
+    # topic -> (topic written, where the write is configured)
+    edges: dict[str, list[tuple[str, tuple[str | int, ...]]]] = {}
+    for i, step in enumerate(spec.steps):
+        for field, topic in step.outputs():
+            for source in step.input_topics():
+                edges.setdefault(source, []).append((topic, ("steps", i, *field)))
+    for i, src in enumerate(spec.sources):
+        if src.kafka is not None and src.kafka.bootstrap_servers is None:
+            edges.setdefault(src.kafka.topic, []).append((src.to, ("sources", i, "to")))
+    reported: set[tuple[str | int, ...]] = set()
+    for start in list(edges):
+        # Depth-first from each topic; a write back to `start` closes a cycle.
+        stack, visited = [(start, [start])], {start}
+        while stack:
+            topic, path = stack.pop()
+            for target, loc in edges.get(topic, []):
+                if target == start and loc not in reported:
+                    reported.add(loc)
+                    yield {
+                        "type": PydanticCustomError(
+                            "topic_cycle",
+                            "writes back to its own input: {cycle}",
+                            {"cycle": " -> ".join([*path, target])},
+                        ),
+                        "loc": loc,
+                        "input": target,
+                    }
+                elif target not in visited:
+                    visited.add(target)
+                    stack.append((target, [*path, target]))
 
 
 def _expression_errors(step: StepSpec, index: int) -> Iterator[InitErrorDetails]:

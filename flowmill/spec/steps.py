@@ -18,9 +18,11 @@ from flowmill.spec.common import (
     Duration,
     Expression,
     FieldPath,
+    GraceDuration,
     Name,
     SpecModel,
     TopicName,
+    WindowDuration,
     cel_rule,
     duration_seconds,
 )
@@ -29,6 +31,8 @@ from flowmill.spec.sinks import SinkSpec
 
 DEFAULT_SCALE_DOWN = "5m"
 """Scale-down stabilization of a step's autoscaler when autoscaling sets none."""
+MAX_WINDOWS_PER_EVENT = 1000
+"""Most hopping windows one event may fall into (size / advance)."""
 AGGREGATE_OPS = ("count", "sum", "avg", "min", "max", "distinct")
 
 # Aggregates take a short form (`count`, `{sum: fare}`) that a structural schema cannot
@@ -77,14 +81,14 @@ class WindowSpec(SpecModel):
     type: Literal["tumbling", "hopping"] = "tumbling"
     """tumbling: back-to-back windows of `size`; hopping: windows of `size` starting
     every `advance`, so they overlap."""
-    size: Duration
+    size: WindowDuration
     """Length of a window."""
-    advance: Duration | None = None
+    advance: WindowDuration | None = None
     """Hopping windows only: time between window starts (must divide size)."""
     event_time: FieldPath | None = None
     """Field with the event's time (ISO 8601 or epoch seconds/ms). Unset windows by
     processing time."""
-    allowed_lateness: Duration = "0s"
+    allowed_lateness: GraceDuration = "0s"
     """How long after a window ends its late events are still counted; later ones are
     counted as late and dead-lettered."""
     retain: int = Field(default=1440, ge=1, le=100_000)
@@ -96,8 +100,16 @@ class WindowSpec(SpecModel):
             if self.advance is None:
                 raise ValueError("a hopping window needs advance")
             size, advance = duration_seconds(self.size), duration_seconds(self.advance)
+            if advance <= 0:
+                raise ValueError("advance must be positive")
             if advance > size or (size / advance) != int(size / advance):
                 raise ValueError("advance must divide size (e.g. size 1m, advance 15s)")
+            if size / advance > MAX_WINDOWS_PER_EVENT:
+                # Each event is counted in size/advance windows: one write per window.
+                raise ValueError(
+                    f"size/advance is {size / advance:.0f}: an event would fall into that many "
+                    f"windows; at most {MAX_WINDOWS_PER_EVENT}"
+                )
         if duration_seconds(self.size) <= 0:
             raise ValueError("size must be positive")
         return self
@@ -149,7 +161,7 @@ class CorrelateSpec(SpecModel):
     """The other topic; must be declared in spec.topics."""
     key: FieldPath
     """Field both streams share (e.g. trip_id)."""
-    timeout: Duration
+    timeout: GraceDuration
     """How long the first event of a pair waits for its partner."""
     emit_expired: bool = True
     """Emit unmatched events after the timeout, marked `_expired: true`."""
@@ -293,7 +305,7 @@ class StepSpec(SpecModel):
     window: WindowSpec | None = None
     """Time windows; needs keyBy and aggregate."""
     aggregate: Annotated[dict[str, _ShortAggregate], WithJsonSchema(_AGGREGATE_SCHEMA)] | None = (
-        Field(default=None, max_length=50)
+        Field(default=None, min_length=1, max_length=50)
     )
     """Output field to aggregate, e.g. {trips: count, revenue: {sum: fare}}."""
     latest: LatestSpec | None = None
@@ -334,11 +346,17 @@ class StepSpec(SpecModel):
         """Every topic the step consumes."""
         return [self.from_] + ([self.correlate.with_] if self.correlate else [])
 
+    def outputs(self) -> list[tuple[tuple[str, ...], str]]:
+        """Every topic the step may write, with the field that names it."""
+        out: list[tuple[tuple[str, ...], str]] = []
+        if self.validate_ is not None and self.validate_.dead_letter:
+            out.append((("validate", "deadLetter"), self.validate_.dead_letter))
+        if self.dead_letter:
+            out.append((("deadLetter",), self.dead_letter))
+        if self.sink is not None and self.sink.kafka is not None:
+            out.append((("sink", "kafka", "topic"), self.sink.kafka.topic))
+        return out
+
     def output_topics(self) -> list[str]:
         """Every topic the step may write."""
-        out = [t for t in [self.dead_letter_topic()] if t]
-        if self.validate_ is not None and self.validate_.dead_letter and self.dead_letter:
-            out.append(self.dead_letter)
-        if self.sink is not None and self.sink.kafka is not None:
-            out.append(self.sink.kafka.topic)
-        return out
+        return [topic for _, topic in self.outputs()]
