@@ -45,7 +45,8 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 class ManifestYamlError(ValueError):
     """YAML that breaks a manifest limit or is not YAML; `where` is the line and column."""
 
-    def __init__(self, problem: str, mark: Mark | None = None) -> None:
+    def __init__(self, problem: str, mark: Any = None) -> None:
+        # Any: libyaml's parser gives its own Mark type, with the same line and column.
         self.problem = problem
         self.where = (
             "(yaml)" if mark is None else f"(yaml) line {mark.line + 1}, column {mark.column + 1}"
@@ -53,7 +54,7 @@ class ManifestYamlError(ValueError):
         super().__init__(f"{self.where}: {problem}")
 
 
-class ManifestLoader(Composer, CParser, SafeConstructor, Resolver):  # type: ignore[misc]
+class ManifestLoader(Composer, CParser, SafeConstructor, Resolver):
     """SafeLoader with the manifest limits: libyaml's parser produces the events,
     PyYAML's composer (first in the MRO, ahead of libyaml's) turns them into nodes."""
 
@@ -72,9 +73,9 @@ class ManifestLoader(Composer, CParser, SafeConstructor, Resolver):  # type: ign
     def compose_document(self) -> Node | None:
         self._aliases = self._expanded = 0
         self._sizes = {}
-        return super().compose_document()  # type: ignore[no-any-return]
+        return super().compose_document()
 
-    def _grow(self, size: int, mark: Mark) -> None:
+    def _grow(self, size: int, mark: Any) -> None:
         self._expanded += size
         if self._expanded > MAX_NODES:
             raise ManifestYamlError(
@@ -82,13 +83,14 @@ class ManifestLoader(Composer, CParser, SafeConstructor, Resolver):  # type: ign
             )
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        mark = self.peek_event().start_mark
+        event = self.peek_event()
+        mark = event.start_mark if event is not None else None
         if self.check_event(AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
                 raise ManifestYamlError(f"more than {MAX_ALIASES} aliases in one document", mark)
-            target: Node = super().compose_node(parent, index)
-            if id(target) not in self._sizes:
+            target = super().compose_node(parent, index)
+            if target is None or id(target) not in self._sizes:
                 raise ManifestYamlError("an alias inside its own anchor (a cycle)", mark)
             self._grow(self._sizes[id(target)], mark)
             return target
@@ -98,9 +100,11 @@ class ManifestLoader(Composer, CParser, SafeConstructor, Resolver):  # type: ign
         before = self._expanded
         self._grow(1, mark)
         try:
-            node: Node = super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        if node is None:
+            raise ManifestYamlError("a value of no known kind", mark)
         self._sizes[id(node)] = self._expanded - before
         return node
 
@@ -138,11 +142,11 @@ class ManifestLoader(Composer, CParser, SafeConstructor, Resolver):  # type: ign
                     key_node.start_mark,
                 )
             seen[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+        return super().construct_mapping(node, deep=deep)
 
 
-ManifestLoader.add_constructor("tag:yaml.org,2002:int", ManifestLoader.construct_yaml_int)
-ManifestLoader.add_constructor("tag:yaml.org,2002:float", ManifestLoader.construct_yaml_float)
+ManifestLoader.add_constructor("tag:yaml.org,2002:int", ManifestLoader.construct_yaml_int)  # type: ignore[type-var]
+ManifestLoader.add_constructor("tag:yaml.org,2002:float", ManifestLoader.construct_yaml_float)  # type: ignore[type-var]
 
 
 def decode_manifest(data: bytes | str) -> str:
@@ -175,6 +179,8 @@ def load_yaml_documents(data: bytes | str) -> list[Any]:
         raise
     except yaml.MarkedYAMLError as err:
         problem = " ".join(p for p in (err.context, err.problem) if p) or str(err)
+        if "maximum nesting depth" in problem:  # libyaml's own limit, met while scanning ahead
+            problem = f"nested deeper than {MAX_DEPTH} levels"
         raise ManifestYamlError(problem, err.problem_mark) from None
     except yaml.YAMLError as err:
         raise ManifestYamlError(str(err)) from None
