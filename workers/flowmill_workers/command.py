@@ -25,6 +25,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"port of /metrics, /healthz, /readyz (default {WORKER_METRICS_PORT}; 0 picks one)",
     )
     parser.add_argument("--batch-size", type=int, default=5000, help="events per batch")
+    parser.add_argument(
+        "--write-attempts",
+        type=int,
+        default=5,
+        help="tries of a Redis write failing the same way (a script error) before its batch "
+        "is dead-lettered (default 5)",
+    )
+    parser.add_argument(
+        "--write-give-up",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long Redis may refuse writes (OOM, loading, unreachable) before the worker "
+        "exits non-zero (default 60)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -47,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, pipeline: object) -> int:
     from flowmill.connections import bootstrap_servers, redis_url
     from flowmill.spec import Pipeline
+    from flowmill_workers.runtime.durability import WriteRetry
     from flowmill_workers.runtime.http import serve_worker
     from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 
@@ -68,6 +84,7 @@ async def _run(args: argparse.Namespace, pipeline: object) -> int:
         bootstrap_servers=servers,
         redis_url=redis_url(pipeline, args.redis_url) if needs_redis else None,
         batch_size=args.batch_size,
+        write_retry=WriteRetry(attempts=args.write_attempts, give_up_s=args.write_give_up),
     )
     await serve_worker(StepRunner(pipeline, args.step, config), stop, args.metrics_port)
     return 0

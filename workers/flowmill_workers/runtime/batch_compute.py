@@ -33,6 +33,9 @@ class PartitionResult:
     """What one partition's batch produced, before anything is written."""
 
     rng: PartitionRange
+    records: list[ConsumerRecord] = field(default_factory=list)
+    """The batch's input (kept by reference: a batch that cannot be written is
+    dead-lettered whole)."""
     windows: WindowBatch | None = None
     latest: dict[str, tuple[int, str]] = field(default_factory=dict)
     outputs: list[tuple[bytes | None, bytes]] = field(default_factory=list)
@@ -95,7 +98,7 @@ class BatchCompute:
             records[0].offset if first is None else first,
             records[-1].offset + 1,
         )
-        result = PartitionResult(rng=rng, events_in=len(records))
+        result = PartitionResult(rng=rng, records=records, events_in=len(records))
         result.oldest_timestamp_ms = records[0].timestamp
         if self.windows is not None:
             result.windows = WindowBatch()

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 
 from flowmill.spec import StepSpec
 from flowmill_workers.runtime.batch_compute import PartitionResult
-from flowmill_workers.runtime.dead_letter import dead_letter_record
+from flowmill_workers.runtime.dead_letter import DeadLetter, dead_letter_record
 
 log = logging.getLogger("flowmill.worker")
 
@@ -48,3 +48,20 @@ class KafkaOutputs:
                 )
         if futures:
             await asyncio.gather(*futures)
+
+    async def send_dead(self, dead: list[DeadLetter]) -> None:
+        """Send dead letters and wait until all are acknowledged (dropped, with a
+        warning, when the step has no dead-letter topic)."""
+        if not dead:
+            return
+        if self.dead_topic is None:
+            log.warning("dropped %d record(s) (no deadLetter topic): %s", len(dead),
+                        dead[0].reason)  # fmt: skip
+            return
+        futures = []
+        for d in dead:
+            payload, key, headers = dead_letter_record(d, self.pipeline, self.step)
+            futures.append(
+                await self.producer.send(self.dead_topic, payload, key=key, headers=headers)
+            )
+        await asyncio.gather(*futures)

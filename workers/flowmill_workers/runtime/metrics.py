@@ -57,6 +57,33 @@ class WorkerMetrics:
             [*labels, "group", "topic", "partition"],
             registry=r,
         )
+        self.windows_invalid = Counter(
+            "flowmill_windows_invalid",
+            "Window aggregates marked instead of stored (a sum beyond a double).",
+            labels,
+            registry=r,
+        )
+        self.batches_dead_lettered = Counter(
+            "flowmill_batches_dead_lettered",
+            "Batches Redis refused deterministically, sent whole to the dead-letter topic.",
+            labels,
+            registry=r,
+        )
+        self.write_retries = Counter(
+            "flowmill_write_retries", "Retries of refused Redis writes.", labels, registry=r
+        )
+        self.state_rebuilds = Counter(
+            "flowmill_state_rebuilds",
+            "Partitions replayed from Kafka because their Redis state was lost.",
+            labels,
+            registry=r,
+        )
+        self.partitions_rebuilding = Gauge(
+            "flowmill_partitions_rebuilding",
+            "Partitions being rebuilt from Kafka after lost Redis state.",
+            labels,
+            registry=r,
+        )
         self.partitions = Gauge(
             "flowmill_partitions_assigned", "Input partitions this worker owns.", labels, registry=r
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -22,7 +22,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from flowmill.spec import Pipeline, StepSpec
 from flowmill.spec.topology import consumer_group
 from flowmill_workers.runtime.batch_compute import BatchCompute, Checkpoint, PartitionResult
-from flowmill_workers.runtime.durability import choose_durability
+from flowmill_workers.runtime.durability import WriteRetry, choose_durability
 from flowmill_workers.runtime.durability.base import Resume
 from flowmill_workers.runtime.kafka_outputs import KafkaOutputs
 from flowmill_workers.runtime.metrics import WorkerMetrics
@@ -39,9 +39,10 @@ class WorkerConfig:
     batch_size: int = 5000
     batch_timeout_ms: int = 50
     client_id: str = "flowmill"
+    write_retry: WriteRetry = field(default_factory=WriteRetry)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, runner: StepRunner) -> None:
         self.runner = runner
 
@@ -62,10 +63,15 @@ class StepRunner:
         self.metrics = WorkerMetrics(pipeline.name, step_name)
         self.group = consumer_group(pipeline.name, step_name)
         self.compute = BatchCompute(pipeline, self.step)
-        self.durability = choose_durability(pipeline, self.step, config.redis_url, self.compute)
+        self.durability = choose_durability(
+            pipeline, self.step, config.redis_url, self.compute, self.metrics, config.write_retry
+        )
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.assigned_once = False
+        self.assigning: set[TopicPartition] = set()
+        """Partitions whose start position is being decided: the loop, which runs
+        concurrently with the rebalance listener, leaves their records alone."""
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -112,6 +118,9 @@ class StepRunner:
         """Ready once the group assigned partitions and their positions were loaded."""
         if not self.assigned_once:
             return False, "waiting for a partition assignment"
+        health = self.durability.health()
+        if health is not None:
+            return health
         return True, f"{len(self.compute.positions)} partition(s) assigned"
 
     # -- the loop -------------------------------------------------------------------
@@ -126,12 +135,20 @@ class StepRunner:
         writing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
+                if writing is not None and writing.done():
+                    # A failed write raises here at once, not when the next batch comes.
+                    writing.result()
+                    writing = None
                 batch = await self.consumer.getmany(
                     timeout_ms=self.config.batch_timeout_ms, max_records=self.config.batch_size
                 )
                 if batch:
                     started = time.perf_counter()
-                    results = [self.compute.partition(tp, rs) for tp, rs in batch.items() if rs]
+                    results = [
+                        self.compute.partition(tp, rs)
+                        for tp, rs in batch.items()
+                        if rs and tp not in self.assigning
+                    ]
                     if writing is not None:
                         await writing
                     writing = asyncio.create_task(self._hand_over(results, started))
@@ -181,10 +198,11 @@ class StepRunner:
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Resume each partition where the durable outputs say it stopped."""
         assert self.consumer is not None
-        for tp in assigned:
-            self.compute.resume(tp, (None, None))
-        for tp, checkpoint in (await self.durability.on_assigned(assigned)).items():
-            self._seek(tp, checkpoint)
+        self.assigning.update(assigned)
+        try:
+            await self._position(assigned)
+        finally:
+            self.assigning.difference_update(assigned)
         correlator = self.compute.correlator
         if correlator is not None:
             # aiokafka keeps fetching while this listener runs: hold the partitions until
@@ -199,7 +217,28 @@ class StepRunner:
         self.assigned_once = True
         log.info("step %s assigned %s", self.step.name, sorted(map(str, assigned)))
 
+    async def _position(self, assigned: list[TopicPartition]) -> None:
+        """Seek every assigned partition where it continues: the strategy's position, else
+        the committed offset (records the loop skipped meanwhile are fetched again)."""
+        assert self.consumer is not None
+        await self.durability.settle()
+        for tp in assigned:
+            self.compute.resume(tp, (None, None))
+        resume = await self.durability.on_assigned(assigned)
+        for tp in assigned:
+            if tp in resume:
+                self._seek(tp, resume[tp])
+                continue
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        # A transaction still completing would otherwise commit offsets after the next
+        # owner (maybe this worker, rejoining) read the previous ones: a duplicate.
+        await self.durability.settle()
         self.compute.forget(revoked)
         for tp in revoked:
             self.metrics.forget_lag(tp.topic, tp.partition)

@@ -12,8 +12,9 @@ The layout is documented in flowmill.serving.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -22,18 +23,65 @@ import redis.asyncio as aioredis
 from flowmill import serving
 from flowmill.spec import StepSpec, duration_seconds
 
+log = logging.getLogger("flowmill.worker")
+
+MAX_TTL_SECONDS = 100 * 366 * 86400
+"""Redis refuses an EXPIRE past its 64-bit millisecond clock, and a refused EXPIRE inside a
+script fails the script half-way; a longer `ttl` is capped here (with a warning)."""
+
+
+# Every script starts with the fence: it runs only if the partition's checkpoint equals
+# the batch's first offset (ARGV[2]); else it returns {0} (refused: another worker or a
+# replay moved it). An absent checkpoint is accepted only where the worker says the
+# partition starts from nothing (ARGV[n] == "1"); otherwise the checkpoint, and with it
+# the table, was lost (a Redis restarted empty) and the script returns {-1} untouched.
+def _fence(n: int) -> str:
+    return f"""
+local ck = redis.call('HGET', KEYS[1], ARGV[1])
+if ck then
+  if tonumber(ck) ~= tonumber(ARGV[2]) then return {{0, '[]'}} end
+elseif ARGV[{n}] ~= '1' then
+  return {{-1, '[]'}}
+end
+"""
+
+
 # KEYS[1] checkpoint hash.
 # ARGV: 1 checkpoint field, 2 expected first offset, 3 next offset, 4 watermark or "",
 #       5 table prefix, 6 ttl seconds, 7 window size ms, 8 aggregates JSON [[name, op]],
 #       9 updates JSON [[key, start, [partial per aggregate]]], 10 channel or "",
-#       11 table name, 12 windows retained per key.
-_WINDOW_SCRIPT = """
-local ck = redis.call('HGET', KEYS[1], ARGV[1])
-if ck and tonumber(ck) ~= tonumber(ARGV[2]) then return 0 end
+#       11 table name, 12 windows retained per key, 13 "1" if the checkpoint may be absent.
+# Returns {status, overflowed JSON [[key, start, aggregate]]}; see _fence.
+_WINDOW_SCRIPT = (
+    _fence(13)
+    + """
 local prefix, ttl, size = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local aggs, updates = cjson.decode(ARGV[8]), cjson.decode(ARGV[9])
 local channel, retain = ARGV[10], tonumber(ARGV[12])
-for _, u in ipairs(updates) do
+-- A failing script is not rolled back, so everything that could fail is checked before
+-- the first write: a sum or mean whose new total is not a finite double (an overflow,
+-- or a batch partial that already overflowed and arrives as null) is not applied; the
+-- window is marked with _error:{aggregate} for good instead, and its count stays exact.
+local function finite(x) return type(x) == 'number' and x == x and x > -math.huge and x < math.huge end
+local skip, overflowed = {}, {}
+for j, u in ipairs(updates) do
+  local h = prefix .. ':w:' .. u[1] .. ':' .. u[2]
+  for i, a in ipairs(aggs) do
+    local op, d = a[2], u[3][i]
+    if op == 'sum' or (op == 'avg' and d[2] > 0) then
+      local add, field = d, a[1]
+      if op == 'avg' then add, field = d[1], '_s:' .. a[1] end
+      local cur = redis.call('HMGET', h, field, '_error:' .. a[1])
+      local ok = cur[2] == false and finite(add)
+      if ok then ok = finite(tonumber(cur[1] or '0') + add) end
+      if not ok then
+        skip[j .. ':' .. i] = true
+        if cur[2] == false then table.insert(overflowed, {u[1], u[2], a[1]}) end
+      end
+    end
+  end
+end
+for j, u in ipairs(updates) do
   local key, start, parts = u[1], u[2], u[3]
   local h = prefix .. ':w:' .. key .. ':' .. start
   local startn = tonumber(start)
@@ -42,7 +90,13 @@ for _, u in ipairs(updates) do
   for i, a in ipairs(aggs) do
     local name, op, d = a[1], a[2], parts[i]
     local v = nil
-    if op == 'count' then
+    if skip[j .. ':' .. i] then
+      if redis.call('HSETNX', h, '_error:' .. name,
+          'overflow: the ' .. op .. ' is beyond the range of a double') == 1 then
+        redis.call('HDEL', h, name, '_s:' .. name, '_n:' .. name)
+        redis.call('ZREM', prefix .. ':top:' .. start .. ':' .. name, key)
+      end
+    elseif op == 'count' then
       v = redis.call('HINCRBY', h, name, d)
     elseif op == 'sum' then
       v = redis.call('HINCRBYFLOAT', h, name, d)
@@ -110,16 +164,18 @@ for _, u in ipairs(updates) do
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[1] .. ':wm', ARGV[4]) end
-return 1
+return {1, cjson.encode(overflowed)}
 """
+)
 
 # KEYS[1] checkpoint hash.
 # ARGV: 1 field, 2 expected first offset, 3 next offset, 4 table prefix, 5 ttl seconds,
 #       6 updates JSON [[key, time ms, event JSON or "" to delete]], 7 channel or "",
-#       8 table, 9 geo JSON [lat field, lon field] or "", 10 expire-after ms (0: never).
-_LATEST_SCRIPT = """
-local ck = redis.call('HGET', KEYS[1], ARGV[1])
-if ck and tonumber(ck) ~= tonumber(ARGV[2]) then return 0 end
+#       8 table, 9 geo JSON [lat field, lon field] or "", 10 expire-after ms (0: never),
+#       11 "1" if the checkpoint may be absent.
+_LATEST_SCRIPT = (
+    _fence(11)
+    + """
 local prefix, ttl = ARGV[4], tonumber(ARGV[5])
 local updates = cjson.decode(ARGV[6])
 local channel, geo, expire = ARGV[7], ARGV[9], tonumber(ARGV[10])
@@ -164,8 +220,19 @@ if ttl > 0 then
   redis.call('EXPIRE', updated, ttl)
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
+return {1, '[]'}
 """
+)
+
+# Moves a checkpoint past a batch without applying it (a batch dead-lettered because it
+# failed deterministically). KEYS and ARGV 1-3 as above; ARGV 4 "1" if it may be absent.
+_SKIP_SCRIPT = (
+    _fence(4)
+    + """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return {1, '[]'}
+"""
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +264,18 @@ class RedisTableSink:
         self.checkpoint = serving.checkpoint_key(pipeline, step.name)
         self.channel = serving.channel(pipeline, self.table) if self.spec.publish else ""
         self.ttl = int(duration_seconds(self.spec.ttl)) if self.spec.ttl else 0
+        if self.ttl > MAX_TTL_SECONDS:
+            log.warning(
+                "table %s: ttl %s capped at %d s (100 years)",
+                self.table,
+                self.spec.ttl,
+                MAX_TTL_SECONDS,
+            )
+            self.ttl = MAX_TTL_SECONDS
+        self.status = status_key(pipeline, self.table)
         self._window = client.register_script(_WINDOW_SCRIPT)
         self._latest = client.register_script(_LATEST_SCRIPT)
+        self._skip = client.register_script(_SKIP_SCRIPT)
 
     async def apply_windows(
         self,
@@ -209,8 +286,11 @@ class RedisTableSink:
         size_ms: int,
         retain: int,
         watermark: int | None,
+        *,
+        starts_fresh: bool = True,
     ) -> None:
-        """Queue one partition's window partials on a pipeline (applied at execute)."""
+        """Queue one partition's window partials on a pipeline (applied at execute);
+        `starts_fresh` says the partition has no checkpoint yet (see _fence)."""
         await self._window(
             keys=[self.checkpoint],
             args=[
@@ -226,6 +306,7 @@ class RedisTableSink:
                 self.channel,
                 self.table,
                 retain,
+                "1" if starts_fresh else "",
             ],
             client=pipe,
         )
@@ -236,6 +317,8 @@ class RedisTableSink:
         rng: PartitionRange,
         updates: list[list[Any]],
         expire_after_ms: int,
+        *,
+        starts_fresh: bool = True,
     ) -> None:
         """Queue one partition's latest-state updates on a pipeline."""
         geo = self.spec.geo
@@ -252,9 +335,45 @@ class RedisTableSink:
                 self.table,
                 orjson.dumps([geo.lat, geo.lon]).decode() if geo else "",
                 expire_after_ms,
+                "1" if starts_fresh else "",
             ],
             client=pipe,
         )
+
+    async def skip(self, pipe: Any, rng: PartitionRange, *, starts_fresh: bool) -> None:
+        """Queue moving the checkpoint past a batch without applying it."""
+        await self._skip(
+            keys=[self.checkpoint],
+            args=[rng.field, rng.first, rng.next, "1" if starts_fresh else ""],
+            client=pipe,
+        )
+
+
+APPLIED, REFUSED, LOST = 1, 0, -1
+"""A script's status: the batch was applied; refused by the fence (the checkpoint is
+elsewhere); or the checkpoint is missing where one was expected (the state was lost)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    status: int
+    overflowed: list[tuple[str, int, str]] = field(default_factory=list)
+    """(key, window start, aggregate) newly marked as overflowed by this batch."""
+
+
+def write_outcome(reply: Any) -> WriteOutcome:
+    """A script's reply ({status, overflowed JSON}) as a WriteOutcome."""
+    status, overflowed = reply
+    marks = orjson.loads(overflowed)
+    return WriteOutcome(int(status), [(k, int(s), a) for k, s, a in marks] if marks else [])
+
+
+def status_key(pipeline: str, table: str) -> str:
+    """A hash of what a reader must know about a table's completeness: fields
+    `rebuilding:{topic}:{partition}` (the offset the rebuild must reach) while the step
+    rebuilds the table from Kafka after the Redis data was lost, and
+    `incomplete:{topic}:{partition}` (JSON) when Kafka no longer held all of it."""
+    return f"{serving.table_prefix(pipeline, table)}:_status"
 
 
 async def load_checkpoints(

@@ -10,7 +10,8 @@ from flowmill_workers.runtime.durability.base import Durability
 from flowmill_workers.runtime.durability.kafka_transaction import KafkaTransaction
 from flowmill_workers.runtime.durability.offset_commit import OffsetCommit
 from flowmill_workers.runtime.durability.parquet_files import ParquetFiles
-from flowmill_workers.runtime.durability.redis_checkpoint import RedisCheckpoint
+from flowmill_workers.runtime.durability.redis_checkpoint import RedisCheckpoint, WriteRetry
+from flowmill_workers.runtime.metrics import WorkerMetrics
 
 __all__ = [
     "Durability",
@@ -18,12 +19,18 @@ __all__ = [
     "OffsetCommit",
     "ParquetFiles",
     "RedisCheckpoint",
+    "WriteRetry",
     "choose_durability",
 ]
 
 
 def choose_durability(
-    pipeline: Pipeline, step: StepSpec, redis_url: str | None, compute: BatchCompute
+    pipeline: Pipeline,
+    step: StepSpec,
+    redis_url: str | None,
+    compute: BatchCompute,
+    metrics: WorkerMetrics | None = None,
+    retry: WriteRetry | None = None,
 ) -> Durability:
     """Where the step's position lives decides how it stays exact."""
     sink = step.sink
@@ -42,5 +49,7 @@ def choose_durability(
     if sink.parquet is not None:
         return ParquetFiles(pipeline.name, step)
     if sink.redis is not None:
-        return RedisCheckpoint(pipeline.name, step, redis_url, compute.windows, compute.latest)
+        return RedisCheckpoint(
+            pipeline.name, step, redis_url, compute.windows, compute.latest, metrics, retry
+        )
     return KafkaTransaction(pipeline.name, step.name, group, None)

@@ -46,6 +46,14 @@ class Durability(ABC):
         the committed Kafka offset."""
         return {}
 
+    def health(self) -> tuple[bool, str] | None:
+        """(False, why) while the strategy cannot make batches durable; None if it can."""
+        return None
+
+    async def settle(self) -> None:
+        """Wait until a write in flight is finished (before a rebalance reads positions)."""
+        return None
+
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         """Forget what is held for partitions this worker no longer owns."""
         return None

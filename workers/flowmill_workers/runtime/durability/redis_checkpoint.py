@@ -6,19 +6,48 @@ lost its partition, is refused, and the partition continues from the checkpoint.
 Because every write is fenced like that, the loop may compute the next batch while this
 one is written (pipelined). Kafka outputs of the same step are sent before the script
 runs: at least once.
+
+Faults (docs/reliability.md):
+- A partition without a checkpoint starts from the earliest retained offset, and only
+  its first batch may find the checkpoint absent. A checkpoint missing anywhere else
+  (the step had committed Kafka offsets, or the script says so mid-stream) means Redis
+  lost the table: the partition is rebuilt from the earliest retained offset, the step is
+  unready meanwhile, and the table's status hash says so (and which partitions can no
+  longer be complete because Kafka deleted the beginning).
+- A write Redis refuses for a reason that may pass (OOM, LOADING, a lost connection) is
+  retried with back-off; the step is unready while it fails and the worker gives up
+  (the write raises) after `WriteRetry.give_up_s`, so Kubernetes restarts it.
+- A write that fails the same way every time (a script error) is retried
+  `WriteRetry.attempts` times; then the partition's whole batch goes to the dead-letter
+  topic with the error as its reason and the checkpoint moves past it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flowmill.spec import StepSpec
-from flowmill_workers.runtime.batch_compute import PartitionResult
+from flowmill_workers.runtime.batch_compute import Checkpoint, PartitionResult
+from flowmill_workers.runtime.dead_letter import DeadLetter
 from flowmill_workers.runtime.durability.base import (
     Durability,
     Offsets,
@@ -27,7 +56,15 @@ from flowmill_workers.runtime.durability.base import (
     next_offsets,
 )
 from flowmill_workers.runtime.kafka_outputs import KafkaOutputs
-from flowmill_workers.sinks.redis_tables import RedisTableSink, load_checkpoints
+from flowmill_workers.runtime.metrics import WorkerMetrics
+from flowmill_workers.sinks.redis_tables import (
+    APPLIED,
+    LOST,
+    RedisTableSink,
+    WriteOutcome,
+    load_checkpoints,
+    write_outcome,
+)
 from flowmill_workers.steps.latest import LatestTable
 from flowmill_workers.steps.windows import WindowAggregator, partial_to_wire
 
@@ -36,6 +73,48 @@ log = logging.getLogger("flowmill.worker")
 COMMIT_INTERVAL_S = 1.0
 """Redis holds the authoritative position; the Kafka commit only feeds lag (for the
 HPA), so once a second is plenty and spares a round trip per batch."""
+
+_PASSING = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    OutOfMemoryError,
+    BusyLoadingError,
+    ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+)
+
+
+def may_pass(err: BaseException) -> bool:
+    """Whether a failed write may succeed later unchanged (Redis full, loading, away),
+    as opposed to failing the same way every time (a script error)."""
+    if isinstance(err, _PASSING):
+        return True
+    text = str(err)
+    # BUSY (another script running), MISCONF (RDB failing), NOREPLICAS, MASTERDOWN.
+    return isinstance(err, ResponseError) and text.split(" ", 1)[0] in (
+        "BUSY",
+        "MISCONF",
+        "NOREPLICAS",
+        "MASTERDOWN",
+    )
+
+
+@dataclass(frozen=True)
+class WriteRetry:
+    """How a step retries writes Redis refuses."""
+
+    attempts: int = 5
+    """Tries of a batch that fails deterministically before it is dead-lettered."""
+    give_up_s: float = 60.0
+    """How long writes may keep failing for a passing reason before the worker exits."""
+    first_backoff_s: float = 0.1
+    max_backoff_s: float = 5.0
+
+
+class RedisWriteFailed(RuntimeError):
+    """Redis refused a batch for longer than WriteRetry.give_up_s."""
 
 
 class RedisCheckpoint(Durability):
@@ -48,6 +127,8 @@ class RedisCheckpoint(Durability):
         redis_url: str | None,
         windows: WindowAggregator | None,
         latest: LatestTable | None,
+        metrics: WorkerMetrics | None = None,
+        retry: WriteRetry | None = None,
     ) -> None:
         if not redis_url:
             raise ValueError(f"step {step.name} writes Redis but no Redis URL is set")
@@ -56,9 +137,18 @@ class RedisCheckpoint(Durability):
         self.redis_url = redis_url
         self.windows = windows
         self.latest = latest
+        self.metrics = metrics or WorkerMetrics(pipeline, step.name)
+        self.retry = retry or WriteRetry()
         self.redis: aioredis.Redis | None = None
         self._uncommitted: Offsets = {}
         self._last_commit = 0.0
+        self.fresh: dict[TopicPartition, int] = {}
+        """Partitions without a checkpoint yet, with the offset their first batch starts at:
+        only that batch may find the checkpoint absent."""
+        self.rebuilding: dict[TopicPartition, int] = {}
+        """Partitions rebuilt after lost Redis state, with the offset the step had reached."""
+        self.failing: tuple[float, str] | None = None
+        """Since when (monotonic) and why writes keep failing, while they do."""
 
     async def start(self, consumer: AIOKafkaConsumer, outputs: KafkaOutputs) -> None:
         await super().start(consumer, outputs)
@@ -66,20 +156,85 @@ class RedisCheckpoint(Durability):
         await self.redis.ping()
         self.table = RedisTableSink(self.redis, self.pipeline, self.step)
 
+    def health(self) -> tuple[bool, str] | None:
+        if self.failing is not None:
+            since, why = self.failing
+            return False, f"Redis refuses writes for {time.monotonic() - since:.0f}s: {why}"
+        if self.rebuilding:
+            return False, (
+                f"rebuilding table {self.table.table} from Kafka after its Redis state was "
+                f"lost ({len(self.rebuilding)} partition(s))"
+            )
+        return None
+
     async def on_assigned(self, partitions: list[TopicPartition]) -> Resume:
-        return await self._checkpoints(partitions)
+        assert self.redis is not None
+        resume = await self._checkpoints(partitions)
+        status = await self.redis.hgetall(self.table.status)
+        for tp in partitions:
+            if tp in resume:
+                self.fresh.pop(tp, None)
+                # A predecessor's rebuild this worker continues.
+                reached = status.get(f"rebuilding:{tp.topic}:{tp.partition}".encode())
+                if reached is not None and resume[tp][0] < int(reached):
+                    self.rebuilding[tp] = int(reached)
+                    self._count_rebuilding()
+                continue
+            committed = await self.consumer.committed(tp)
+            earliest = await self._earliest(tp)
+            if committed is not None and committed > earliest:
+                resume[tp] = await self._rebuild(tp, committed)
+            else:
+                self.fresh[tp] = earliest
+                resume[tp] = (earliest, None)
+        return resume
+
+    def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        # `fresh` stays: a batch of a revoked partition still in flight is fenced anyway.
+        for tp in partitions:
+            if self.rebuilding.pop(tp, None) is not None:
+                self._count_rebuilding()
 
     async def write(self, results: list[PartitionResult]) -> Resume:
         await self.outputs.send(results)
-        applied = await self._apply(results)
-        refused = [r.partition for r, ok in zip(results, applied, strict=True) if not ok]
+        resume: Resume = {}
+        pending = {r.partition: r for r in results}
+        failures: dict[TopicPartition, int] = {}
+        give_up: dict[TopicPartition, str] = {}
+        backoff = self.retry.first_backoff_s
+        while pending:
+            batch = list(pending.values())
+            outcomes = await self._apply(batch, give_up)
+            passing: BaseException | None = None
+            for r, outcome in zip(batch, outcomes, strict=True):
+                tp = r.partition
+                if isinstance(outcome, WriteOutcome):
+                    del pending[tp]
+                    await self._settle(r, outcome, resume)
+                elif may_pass(outcome):
+                    passing = outcome
+                else:
+                    failures[tp] = failures.get(tp, 0) + 1
+                    log.error(
+                        "write of %s offsets [%d, %d) failed (%d of %d): %s",
+                        tp, r.rng.first, r.rng.next, failures[tp], self.retry.attempts, outcome,
+                    )  # fmt: skip
+                    if failures[tp] >= self.retry.attempts and tp not in give_up:
+                        give_up[tp] = f"redis write failed {failures[tp]} times: {outcome}"
+                        await self._dead_letter_batch(r, give_up[tp])
+            if not pending:
+                break
+            if passing is not None:
+                self._failing(passing)
+            self.metrics.labels(self.metrics.write_retries).inc()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.retry.max_backoff_s)
+        if self.failing is not None:
+            log.info("Redis accepts writes again")
+            self.failing = None
         self._uncommitted.update(next_offsets(results))
         if time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
             await self._commit()
-        if not refused:
-            return {}
-        resume = await self._checkpoints(refused)
-        log.warning("checkpoint moved for %s; resuming at %s", refused, resume)
         return resume
 
     async def flush(self) -> None:
@@ -89,6 +244,101 @@ class RedisCheckpoint(Durability):
     async def close(self) -> None:
         if self.redis is not None:
             await self.redis.aclose()
+
+    # -- outcomes -------------------------------------------------------------------
+
+    async def _settle(self, r: PartitionResult, outcome: WriteOutcome, resume: Resume) -> None:
+        tp = r.partition
+        if outcome.status == APPLIED:
+            self.fresh.pop(tp, None)
+            if outcome.overflowed:
+                self.metrics.labels(self.metrics.windows_invalid).inc(len(outcome.overflowed))
+                log.warning(
+                    "table %s: %d window aggregate(s) overflowed and are marked, not "
+                    "served (_error:{aggregate}); first: key %r, window %d, %s",
+                    self.table.table, len(outcome.overflowed), *outcome.overflowed[0],
+                )  # fmt: skip
+            target = self.rebuilding.get(tp)
+            if target is not None and r.rng.next >= target:
+                del self.rebuilding[tp]
+                self._count_rebuilding()
+                assert self.redis is not None
+                await self.redis.hdel(self.table.status, f"rebuilding:{r.rng.field}")
+                log.info("table %s: partition %s rebuilt up to offset %d", self.table.table,
+                         tp, r.rng.next)  # fmt: skip
+        elif tp not in self.consumer.assignment():
+            return  # a late batch of a partition owned elsewhere now: its owner's to resolve
+        elif outcome.status == LOST:
+            resume[tp] = await self._rebuild(tp, r.rng.first)
+        else:
+            where = (await self._checkpoints([tp])).get(tp)
+            if where is None:
+                resume[tp] = await self._rebuild(tp, r.rng.first)
+            elif where[0] != r.rng.next:  # else an earlier attempt of ours landed
+                log.warning("checkpoint moved for %s; resuming at %s", tp, where)
+                resume[tp] = where
+
+    def _failing(self, err: BaseException) -> None:
+        now = time.monotonic()
+        if self.failing is None:
+            log.error("Redis refuses writes (retrying; unready meanwhile): %s", err)
+            self.failing = (now, f"{type(err).__name__}: {err}")
+            return
+        since = self.failing[0]
+        self.failing = (since, f"{type(err).__name__}: {err}")
+        if now - since > self.retry.give_up_s:
+            raise RedisWriteFailed(
+                f"Redis refused writes for {now - since:.0f}s (limit "
+                f"{self.retry.give_up_s:.0f}s): {err}"
+            ) from err
+
+    async def _dead_letter_batch(self, r: PartitionResult, reason: str) -> None:
+        """The batch cannot be written as it is: its records go to the dead-letter topic
+        (before the checkpoint moves past them, so they are not lost either way)."""
+        await self.outputs.send_dead([DeadLetter(rec, reason) for rec in r.records])
+        self.metrics.labels(self.metrics.batches_dead_lettered).inc()
+        log.error(
+            "dead-lettered %d record(s) of %s offsets [%d, %d) and moved past them: %s",
+            len(r.records), r.partition, r.rng.first, r.rng.next, reason,
+        )  # fmt: skip
+
+    # -- state ----------------------------------------------------------------------
+
+    async def _rebuild(self, tp: TopicPartition, reached: int) -> Checkpoint:
+        """The table lost this partition's contributions (Redis came back without them):
+        replay the partition from the earliest offset Kafka still holds."""
+        assert self.redis is not None
+        earliest = await self._earliest(tp)
+        field = f"{tp.topic}:{tp.partition}"
+        self.fresh[tp] = earliest
+        self.rebuilding[tp] = reached
+        self._count_rebuilding()
+        self.metrics.labels(self.metrics.state_rebuilds).inc()
+        log.warning(
+            "table %s: no Redis checkpoint for %s although the step had reached offset %d: "
+            "the Redis state was lost; rebuilding from offset %d (unready meanwhile)",
+            self.table.table, tp, reached, earliest,
+        )  # fmt: skip
+        status = {f"rebuilding:{field}": reached}
+        if earliest > 0:
+            # Kafka deleted the beginning: the rebuilt windows or rows from before the
+            # earliest offset are incomplete, and readers are told so.
+            status[f"incomplete:{field}"] = orjson.dumps(
+                {"missing_before_offset": earliest, "detected_ms": int(time.time() * 1000)}
+            ).decode()
+            log.error(
+                "table %s: Kafka no longer holds offsets before %d of %s: what they held "
+                "is missing from the rebuilt table (marked in %s)",
+                self.table.table, earliest, tp, self.table.status,
+            )  # fmt: skip
+        await self.redis.hset(self.table.status, mapping=status)  # type: ignore[arg-type]
+        return (earliest, None)
+
+    def _count_rebuilding(self) -> None:
+        self.metrics.labels(self.metrics.partitions_rebuilding).set(len(self.rebuilding))
+
+    async def _earliest(self, tp: TopicPartition) -> int:
+        return (await self.consumer.beginning_offsets([tp]))[tp]
 
     async def _commit(self) -> None:
         offsets, self._uncommitted = self._uncommitted, {}
@@ -101,13 +351,20 @@ class RedisCheckpoint(Durability):
         found = {tp: saved.get(f"{tp.topic}:{tp.partition}") for tp in partitions}
         return {tp: position for tp, position in found.items() if position is not None}
 
-    async def _apply(self, results: list[PartitionResult]) -> list[bool]:
-        """One round trip: a pipeline of one fenced script per partition."""
+    async def _apply(
+        self, results: list[PartitionResult], give_up: dict[TopicPartition, str]
+    ) -> list[WriteOutcome | BaseException]:
+        """One round trip: a pipeline of one fenced script per partition; each gets its
+        outcome or its error (the others are unaffected)."""
         assert self.redis is not None
         pipe = self.redis.pipeline(transaction=False)
         updates: list[list[Any]]
         for r in results:
-            if r.windows is not None and self.windows is not None:
+            tp = r.partition
+            fresh = self.fresh.get(tp) == r.rng.first
+            if tp in give_up:
+                await self.table.skip(pipe, r.rng, starts_fresh=fresh)
+            elif r.windows is not None and self.windows is not None:
                 updates = [
                     [key, str(start), partial_to_wire(partial)]
                     for (key, start), partial in r.windows.partials.items()
@@ -123,8 +380,15 @@ class RedisCheckpoint(Durability):
                     self.windows.size_ms,
                     self.windows.retain,
                     r.watermark,
+                    starts_fresh=fresh,
                 )
             elif self.latest is not None:
                 updates = [[k, ts, body] for k, (ts, body) in r.latest.items()]
-                await self.table.apply_latest(pipe, r.rng, updates, self.latest.expire_after_ms)
-        return [bool(ok) for ok in await pipe.execute()]
+                await self.table.apply_latest(
+                    pipe, r.rng, updates, self.latest.expire_after_ms, starts_fresh=fresh
+                )
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except RedisError as err:  # the connection, not one script: all may be retried
+            return [err] * len(results)
+        return [e if isinstance(e, BaseException) else write_outcome(e) for e in replies]
