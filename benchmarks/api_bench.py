@@ -30,12 +30,12 @@ from urllib.parse import urlsplit
 import httpx
 import redis.asyncio as aioredis
 import yaml
-from flowmill_workers.sinks.redis_tables import PartitionRange, RedisTableSink
 
 from flowmill.local.ports import free_port
 from flowmill.local.redis import EmbeddedRedis
 from flowmill.manifest import parse_pipeline
 from flowmill.spec import Pipeline
+from flowmill_workers.sinks.redis_tables import PartitionRange, RedisTableSink
 
 PIPELINE = "bench"
 TABLE = "regions"

@@ -23,11 +23,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.redis import EmbeddedRedis
 from flowmill.manifest import parse_pipeline
+from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 
 PARTITIONS = 1  # one worker process reads every partition anyway; one keeps it comparable
 

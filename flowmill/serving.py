@@ -93,8 +93,3 @@ def checkpoint_key(pipeline: str, step: str) -> str:
 def channel(pipeline: str, table: str) -> str:
     """The pub/sub channel of a table's live updates."""
     return f"fm:{{{pipeline}}}:{table}"
-
-
-def is_internal_field(name: str) -> bool:
-    """Window hash fields that are partial state, not served values."""
-    return name.startswith("_")

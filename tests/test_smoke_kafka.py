@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections import Counter, defaultdict
 
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from flowmill.local.kafka import EmbeddedKafka
-
-pytestmark = pytest.mark.kafka
+from tests.harness.waiting import unique
 
 MESSAGES = 1_000
 PARTITIONS = 3
 KEYS = 37
-
-
-def unique(prefix: str) -> str:
-    # The broker lives for the whole session; names must not collide between tests.
-    return f"{prefix}-{secrets.token_hex(4)}"
 
 
 async def produce(bootstrap: str, topic: str) -> None:

@@ -16,9 +16,8 @@ from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
 from flowmill.local import find_binary
-from tests.harness.kube import KubeControlPlane, wait_for
-
-pytestmark = pytest.mark.kube
+from tests.harness.kube import KubeControlPlane
+from tests.harness.waiting import wait_for
 
 CRD_PATH = Path(__file__).resolve().parents[1] / "k8s" / "crd" / "pipelines.flowmill.dev.yaml"
 GROUP, VERSION, PLURAL = "flowmill.dev", "v1alpha1", "pipelines"

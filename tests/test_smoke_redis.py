@@ -7,8 +7,6 @@ import redis
 
 from flowmill.local.redis import EmbeddedRedis
 
-pytestmark = pytest.mark.redis
-
 
 def test_set_get(redis_client: redis.Redis) -> None:
     assert redis_client.set("greeting", "hello")

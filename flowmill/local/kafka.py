@@ -177,8 +177,8 @@ class EmbeddedKafka(StartStop):
     def create_topics(self, specs: list[tuple[str, int]], timeout: float = 30.0) -> None:
         """Create topics given as (name, partitions), replication factor 1, and wait until
         every partition has a leader. Topics that already exist are left as they are."""
-        from kafka.admin import NewTopic  # type: ignore[import-untyped]
-        from kafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
+        from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
 
         admin = self._admin()
         try:
@@ -315,7 +315,7 @@ class EmbeddedKafka(StartStop):
         )
 
     def _admin(self, request_timeout_ms: int = 30000) -> Any:
-        from kafka import KafkaAdminClient  # type: ignore[import-untyped]
+        from kafka import KafkaAdminClient
 
         return KafkaAdminClient(
             bootstrap_servers=self.bootstrap_servers,

@@ -77,11 +77,6 @@ class StatusTimeline:
         self.started = started
         self._states: list[dict[str, dict[str, int]]] = []
 
-    @property
-    def final_index(self) -> int | None:
-        """The last snapshot's index, or None for a feed that changes forever."""
-        return self.config.snapshots - 1 if self.config.snapshots > 0 else None
-
     def index_at(self, now: float) -> int:
         k = max(0, math.floor((now - self.started) / self.config.period))
         if self.config.snapshots > 0:

@@ -23,9 +23,9 @@ def ensure_topics(
     Existing topics are kept; one with fewer partitions than declared is an error, since a
     join or a keyed window would silently see the wrong partitioning.
     """
-    from kafka import KafkaAdminClient  # type: ignore[import-untyped]
-    from kafka.admin import NewTopic  # type: ignore[import-untyped]
-    from kafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
 
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap_servers,

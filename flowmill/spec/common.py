@@ -13,8 +13,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
-
+from pydantic.config import JsonDict
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -69,10 +70,10 @@ def duration_seconds(value: str) -> float:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-class SpecModel(BaseModel):
 _NUMBERS: tuple[Any, ...] = (int, float, int | None, float | None)
 
 
+class SpecModel(BaseModel):
     """Base of every spec model: camelCase aliases, strict about unknown fields."""
 
     model_config = ConfigDict(
@@ -82,7 +83,6 @@ _NUMBERS: tuple[Any, ...] = (int, float, int | None, float | None)
         use_attribute_docstrings=True,
         frozen=True,
     )
-
 
     @model_validator(mode="before")
     @classmethod
@@ -110,14 +110,16 @@ _NUMBERS: tuple[Any, ...] = (int, float, int | None, float | None)
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
+
     def to_manifest(self) -> dict[str, Any]:
         """The camelCase dict a user would write, with unset optional fields left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def cel_rule(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+def cel_rule(rule: str, message: str, field_path: str | None = None) -> JsonDict:
     """An `x-kubernetes-validations` entry; the apiserver checks it on every write."""
-    entry = {"rule": rule, "message": message}
+    # JsonDict, not dict[str, str]: a model's json_schema_extra holds it.
+    entry: JsonDict = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
     return entry

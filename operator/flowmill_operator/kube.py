@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from flowmill_operator.credentials import Credentials, load_credentials
+from flowmill_operator.credentials import Credentials
 from flowmill_operator.naming import MANAGER
 
 T = TypeVar("T")
@@ -75,10 +75,6 @@ class KubeClient:
             ),
         )
         self._served: dict[str, tuple[float, set[str]]] = {}
-
-    @classmethod
-    def from_kubeconfig(cls, kubeconfig: str | None = None) -> KubeClient:
-        return cls(load_credentials(kubeconfig))
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -192,9 +188,6 @@ class KubeClient:
             cached = (now, names)
             self._served[api_version] = cached
         return plural in cached[1]
-
-    def forget_discovery(self) -> None:
-        self._served.clear()
 
 
 async def gather_limited(

@@ -16,14 +16,14 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kafka import KafkaAdminClient  # type: ignore[import-untyped]
-from kafka.admin import (  # type: ignore[import-untyped]
+from kafka import KafkaAdminClient
+from kafka.admin import (
     ConfigResource,
     ConfigResourceType,
     NewPartitions,
     NewTopic,
 )
-from kafka.errors import (  # type: ignore[import-untyped]
+from kafka.errors import (
     KafkaError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,

@@ -22,13 +22,14 @@ import orjson
 import redis
 import uvicorn
 from fastapi import FastAPI
-from flowmill_api import ApiSettings, create_app
 
 from flowmill.local import find_binary
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.ports import LOOPBACK, free_port, spawn, tail, terminate
 from flowmill.spec import Pipeline
-from tests.workers.harness import create_topics, pipeline, produce, run_step, unique
+from flowmill_api import ApiSettings, create_app
+from tests.harness.waiting import unique
+from tests.workers.harness import create_topics, pipeline, produce, run_step
 
 MINUTE = 60_000
 BASE_MS = 1_763_800_000_000 - 1_763_800_000_000 % MINUTE

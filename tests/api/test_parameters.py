@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from flowmill_api.params import PAGE, Bounds, parse_integer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flowmill_api.params import PAGE, Bounds, parse_integer
 from tests.api.harness import Served
 
 NOT_INTEGERS = [

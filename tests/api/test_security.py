@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import websockets
-from flowmill_api import ApiSettings
 
 from flowmill.local.redis import EmbeddedRedis
+from flowmill_api import ApiSettings
 from tests.api.harness import ApiServer, build_pipeline, serve
 
 ORIGIN = "http://dashboard.example.test"

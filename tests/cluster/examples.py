@@ -25,10 +25,10 @@ from flowmill.local import find_binary
 from flowmill.spec import API_PORT
 from flowmill_operator import naming
 from tests.cluster.release import describe_pods, pod_ready, run_tool
-from tests.examples.harness import EXAMPLES, rename_topics, unique_suffix
-from tests.harness.kube import wait_for
+from tests.examples.harness import EXAMPLES, rename_topics
 from tests.harness.node import KubeNode
 from tests.harness.node_fixtures import POD_SECURITY
+from tests.harness.waiting import unique, wait_for
 
 CLUSTER_EXAMPLES = EXAMPLES / "cluster"
 PIPELINES = ("flowmill.dev", "v1alpha1", "pipelines")
@@ -69,7 +69,7 @@ def load(
     """k8s/examples/cluster/{name}.yaml, renamed and edited (see the module docstring)."""
     docs = [d for d in yaml.safe_load_all((CLUSTER_EXAMPLES / f"{name}.yaml").read_text()) if d]
     example = ClusterExample(name, namespace, docs, into / f"{name}.yaml")
-    rename_topics(example.pipeline, unique_suffix())
+    rename_topics(example.pipeline, unique("run"))
     for doc in docs:
         if doc.get("kind") == "Deployment":
             for c in doc["spec"]["template"]["spec"]["containers"]:
@@ -114,9 +114,11 @@ def wait_running(
     example: ClusterExample,
     expected_deployments: int,
     timeout: float = 180.0,
+    accept: Callable[[k8s_client.V1Pod], bool] = lambda pod: True,
 ) -> list[k8s_client.V1Pod]:
     """Until the operator made every Deployment and each has all its pods Running and Ready
-    (no pod of an older revision left); returns the pods."""
+    (no pod of an older revision left), every one of them accepted by `accept`; returns
+    the pods."""
     apps = k8s_client.AppsV1Api(api_client)
     core = k8s_client.CoreV1Api(api_client)
     selector = naming.child_selector(example.pipeline_name)
@@ -140,7 +142,8 @@ def wait_running(
         pods = child_pods(core, example)
         if len(pods) != sum(d.spec.replicas or 0 for d in deployments):
             return None
-        return pods if all(p.status.phase == "Running" and pod_ready(p) for p in pods) else None
+        ok = all(p.status.phase == "Running" and pod_ready(p) and accept(p) for p in pods)
+        return pods if ok else None
 
     try:
         pods: list[k8s_client.V1Pod] = wait_for(

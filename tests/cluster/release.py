@@ -21,9 +21,9 @@ from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
 from flowmill.local import find_binary
-from tests.harness.kube import wait_for
 from tests.harness.node import KubeNode
 from tests.harness.node_fixtures import POD_SECURITY
+from tests.harness.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "flowmill"

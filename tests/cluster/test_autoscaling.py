@@ -27,9 +27,9 @@ from flowmill.spec import consumer_group
 from flowmill_operator import naming
 from flowmill_operator.runner import OperatorThread
 from flowmill_operator.settings import OperatorSettings, RenderSettings
-from tests.harness.kube import wait_for
 from tests.harness.metrics_stack import MetricsStack
 from tests.harness.node import KubeNode
+from tests.harness.waiting import wait_for
 from tests.operator.fixtures import PIPELINE_CRD
 from tests.workers.harness import consume_all, produce
 

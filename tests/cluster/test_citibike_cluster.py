@@ -33,8 +33,9 @@ from tests.examples.expected import (
     citibike_availability,
     citibike_region_minutes,
 )
-from tests.examples.harness import read_topic, source, step, topic, wait_for, wait_matching
+from tests.examples.harness import read_topic, source, step, topic, wait_matching
 from tests.harness.node import KubeNode
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.node
 
@@ -101,7 +102,7 @@ def test_citibike_on_the_cluster(
         done = sum(e["last_updated"] == final for e in events) == len(regions)
         return events if done else None
 
-    events = wait_for("the last snapshot ingested", ingested, 90)
+    events = wait_for(ingested, 90, "the last snapshot ingested")
     assert len(events) % len(regions) == 0 and len(events) >= 2 * len(regions)
 
     with api_client_for(core, example) as http:

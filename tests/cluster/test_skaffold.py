@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 from kubernetes import client as k8s_client
 
 from flowmill.local import cache_dir, find_binary
@@ -19,15 +21,14 @@ from flowmill.spec import API_PORT
 from flowmill_operator import naming
 from tests.cluster.examples import assert_restricted
 from tests.cluster.release import (
-    ROOT,
     create_restricted_namespace,
     describe_pods,
     pod_ready,
     run_tool,
     wait_ready_pod,
 )
-from tests.examples.harness import wait_for
 from tests.harness.node import REGISTRY, KubeNode
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.node
 
@@ -38,28 +39,36 @@ EXAMPLES_NAMESPACE = "flowmill-examples"
 PIPELINE = "streampulse"
 
 
+# skaffold's global config: no metrics (answering its prompt would turn them on, and with them
+# a request to the internet), no update check, no survey. Only loopback and the namespace.
+QUIET = {
+    "global": {
+        "collect-metrics": False,
+        "update-check": False,
+        "survey": {"disable-prompt": True},
+    }
+}
+
+
+def skaffold_env(home: Path) -> dict[str, str]:
+    (home / ".skaffold").mkdir(parents=True, exist_ok=True)
+    (home / ".skaffold" / "config").write_text(yaml.safe_dump(QUIET))
+    return {
+        "HOME": str(home),
+        "PATH": f"{cache_dir() / 'bin'}{os.pathsep}/usr/sbin:/usr/bin:/sbin:/bin",
+        "SKAFFOLD_UPDATE_CHECK": "false",
+    }
+
+
 def skaffold(node: KubeNode, home: Path, *args: str, timeout: float = 600.0) -> str:
     env = {
         **node.env(),
-        "HOME": str(home),
-        "PATH": f"{cache_dir() / 'bin'}{os.pathsep}/usr/sbin:/usr/bin:/sbin:/bin",
+        **skaffold_env(home),
         "FLOWMILL_CACHE": str(cache_dir()),
         "FLOWMILL_INSECURE_REGISTRY": "1",
-        # skaffold asks once whether it may collect metrics; nobody is there to answer.
-        "SKAFFOLD_COLLECT_METRICS": "false",
-        "SKAFFOLD_UPDATE_CHECK": "false",
     }
     return run_tool(
-        [
-            str(find_binary("skaffold")),
-            *args,
-            "--profile=buildah",
-            f"--default-repo={REGISTRY}",
-            "--interactive=false",
-            "--update-check=false",
-        ],
-        env=env,
-        timeout=timeout,
+        [str(find_binary("skaffold")), *args, "--profile=buildah"], env=env, timeout=timeout
     )
 
 
@@ -69,7 +78,14 @@ def test_skaffold_run_builds_with_buildah_and_the_example_answers(
     core = k8s_client.CoreV1Api(node_api_client)
     create_restricted_namespace(core, EXAMPLES_NAMESPACE)
     began = time.monotonic()
-    out = skaffold(kube_node, tmp_path, "run", "--status-check=true")
+    out = skaffold(
+        kube_node,
+        tmp_path,
+        "run",
+        f"--default-repo={REGISTRY}",
+        "--status-check=true",
+        "--interactive=false",
+    )
     print(
         f"[cluster] skaffold run (build, push, deploy, status check): {time.monotonic() - began:.1f}s"
     )
@@ -93,7 +109,7 @@ def test_skaffold_run_builds_with_buildah_and_the_example_answers(
             return pods if len(pods) == 3 and all(pod_ready(p) for p in pods) else None
 
         try:
-            pods = wait_for("StreamPulse's source, step and API pods Ready", running, 180)
+            pods = wait_for(running, 180, "StreamPulse's source, step and API pods Ready")
         except TimeoutError as e:
             raise AssertionError(f"{e}\n{describe_pods(core, EXAMPLES_NAMESPACE)}") from None
         assert {p.spec.containers[0].image for p in pods} == {image}
@@ -109,7 +125,7 @@ def test_skaffold_run_builds_with_buildah_and_the_example_answers(
                 windows = page.json()["windows"] if page.status_code == 200 else []
                 return windows[0] if windows and windows[0]["values"]["trips"] > 0 else None
 
-            window = wait_for("region 1's first window served", answered, 120)
+            window = wait_for(answered, 120, "region 1's first window served")
             print(
                 f"[cluster] skaffold: StreamPulse answered {time.monotonic() - began:.1f}s after `skaffold run`"
             )
@@ -119,11 +135,34 @@ def test_skaffold_run_builds_with_buildah_and_the_example_answers(
         core.delete_namespace(EXAMPLES_NAMESPACE)
 
 
-def test_skaffold_yaml_keeps_the_kind_profile() -> None:
-    import yaml
+def effective_config(profile: str, home: Path) -> dict[str, Any]:
+    """skaffold.yaml with `profile` applied, as skaffold itself parses and validates it."""
+    out = run_tool(
+        [
+            str(find_binary("skaffold")),
+            "diagnose",
+            "--yaml-only",
+            f"--profile={profile}",
+        ],
+        env=skaffold_env(home),
+        timeout=60,
+    )
+    config: dict[str, Any] = yaml.safe_load(out)
+    return config
 
-    config = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
-    profiles = {p["name"]: p for p in config["profiles"]}
-    assert profiles["kind"]["build"]["artifacts"][0]["docker"]["dockerfile"] == "Dockerfile"
-    assert profiles["kind"]["build"]["local"]["push"] is False
-    assert profiles["buildah"]["build"]["local"]["push"] is True
+
+def test_skaffold_profiles_kind_with_docker_and_buildah_without(tmp_path: Path) -> None:
+    kind = effective_config("kind", tmp_path)
+    (artifact,) = kind["build"]["artifacts"]
+    assert artifact["docker"]["dockerfile"] == "Dockerfile"
+    assert kind["build"]["local"]["push"] is False
+
+    buildah = effective_config("buildah", tmp_path)
+    (artifact,) = buildah["build"]["artifacts"]
+    assert "docker" not in artifact
+    assert artifact["custom"]["buildCommand"] == "scripts/skaffold-buildah.sh"
+    assert buildah["build"]["local"]["push"] is True
+    assert buildah["build"]["insecureRegistries"] == [REGISTRY]
+    (release,) = buildah["deploy"]["helm"]["releases"]
+    assert release["name"] == RELEASE and release["chartPath"] == "charts/flowmill"
+    assert buildah["manifests"]["rawYaml"] == ["k8s/examples/cluster/streampulse.yaml"]

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client as k8s_client
 
@@ -35,17 +36,19 @@ from tests.cluster.examples import (
     time_to_answer,
     wait_running,
 )
-from tests.cluster.release import EXAMPLE_NAMESPACES, Release, pod_ready
+from tests.cluster.release import EXAMPLE_NAMESPACES, Release, describe_pods, pod_ready
 from tests.examples.expected import streampulse_accepted, streampulse_windows
-from tests.examples.harness import read_topic, source, step, topic, wait_for, wait_matching
+from tests.examples.harness import read_topic, source, step, topic, wait_matching
 from tests.harness.node import KubeNode
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.node
 
 NAMESPACE = EXAMPLE_NAMESPACES[0]
 ROWS = 2000
-# Slow enough that the step's pod is deleted while the replay is still going (~20 s).
-RATE = 100
+# Slow enough that the step's pod is deleted while the replay is still going (~40 s), on
+# a loaded machine too.
+RATE = 50
 # Source, step, API.
 DEPLOYMENTS = 3
 
@@ -89,32 +92,27 @@ def test_streampulse_on_the_cluster(
     trip_events = topic(example.pipeline, "trip-events")
     apply(kube_node, example)
 
-    # -- pods run; the topics are the operator's -------------------------------------------
-    pods = wait_running(node_api_client, example, DEPLOYMENTS)
-    print(
-        f"[cluster] streampulse: {len(pods)} pods Ready {time_to_answer(example):.1f}s after apply"
-    )
-    assert_restricted(node_api_client, NAMESPACE, pods)
-    pipeline = wait_for(
-        "status.topics to record the topics the operator created",
-        lambda: (
-            (p := read_pipeline(node_api_client, example)).get("status", {}).get("topics") and p
-        ),
-        60,
-    )
-    assert pipeline["status"]["topicManagement"] == "admin"
-    ours = created_topics(pipeline["status"])
-    assert ours == {t["name"] for t in example.pipeline["spec"]["topics"]}
-    assert ours <= kafka_topics(bootstrap)
-
     # -- a step pod force-deleted mid-stream ---------------------------------------------
     step_selector = f"{naming.STEP_LABEL}=by-region,{naming.PIPELINE_LABEL}={example.pipeline_name}"
-    (victim,) = core.list_namespaced_pod(NAMESPACE, label_selector=step_selector).items
-    produced = wait_for(
-        "the replay under way",
-        lambda: (n := len(read_topic(bootstrap, trip_events))) >= 300 and n,
-        60,
-    )
+    regions = [str(r) for r in range(1, 7)]
+    base = example.table_path("region_metrics")
+
+    def consuming() -> k8s_client.V1Pod | None:
+        """The step's pod once it has written a window, so it is mid-stream."""
+        pods = core.list_namespaced_pod(NAMESPACE, label_selector=step_selector).items
+        if len(pods) != 1 or not pod_ready(pods[0]):
+            return None
+        with api_client_for(core, example) as http:
+            try:
+                return pods[0] if served_windows(http, base, regions) else None
+            except (httpx.HTTPError, ValueError):
+                return None
+
+    try:
+        victim = wait_for(consuming, 180, "the step writing its first windows")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\n{describe_pods(core, NAMESPACE)}") from None
+    produced = len(read_topic(bootstrap, trip_events))
     assert produced < ROWS, "the replay ended before the step's pod could be deleted"
     kubectl(
         kube_node,
@@ -126,25 +124,37 @@ def test_streampulse_on_the_cluster(
         "--grace-period=0",
         "--force",
     )
+    print(f"[cluster] streampulse: step pod force-deleted after {produced} of {ROWS} trips")
 
     def replaced() -> k8s_client.V1Pod | None:
         pods = core.list_namespaced_pod(NAMESPACE, label_selector=step_selector).items
         fresh = [p for p in pods if p.metadata.uid != victim.metadata.uid and pod_ready(p)]
         return fresh[0] if fresh and len(pods) == 1 else None
 
-    replacement = wait_for("the Deployment to replace the deleted pod", replaced, 120)
+    replacement = wait_for(replaced, 120, "the Deployment to replace the deleted pod")
     assert replacement.metadata.name != victim.metadata.name
 
+    # -- every pod runs, admitted under `restricted`; the topics are the operator's -------
+    pods = wait_running(node_api_client, example, DEPLOYMENTS)
+    print(
+        f"[cluster] streampulse: {len(pods)} pods Ready {time_to_answer(example):.1f}s after apply"
+    )
+    assert_restricted(node_api_client, NAMESPACE, pods)
+    pipeline = read_pipeline(node_api_client, example)
+    assert pipeline["status"]["topicManagement"] == "admin"
+    ours = created_topics(pipeline["status"])
+    assert ours == {t["name"] for t in example.pipeline["spec"]["topics"]}
+    assert ours <= kafka_topics(bootstrap)
+
     records = wait_for(
-        f"all {ROWS} trips replayed",
         lambda: len(r := read_topic(bootstrap, trip_events)) == ROWS and r,
         120,
+        f"all {ROWS} trips replayed",
     )
     expected, dead = streampulse_windows(records)
     # 8 invalid rows and 15 late ones, by construction of the data.
     assert len(dead) == 23
-    regions = sorted({region for region, _ in expected})
-    base = example.table_path("region_metrics")
+    assert sorted({region for region, _ in expected}) == regions
     with api_client_for(core, example) as http:
         wait_matching(
             "region windows after the pod was force-deleted",
@@ -164,10 +174,14 @@ def test_streampulse_on_the_cluster(
     old_hash = replacement.metadata.annotations[naming.SPEC_HASH_ANNOTATION]
     example.pipeline["spec"]["steps"].append(min_fare_step(step(example.pipeline, "by-region")))
     apply(kube_node, example)
-    pods = wait_running(node_api_client, example, DEPLOYMENTS + 1)
+    pods = wait_running(
+        node_api_client,
+        example,
+        DEPLOYMENTS + 1,
+        accept=lambda pod: pod.metadata.annotations[naming.SPEC_HASH_ANNOTATION] != old_hash,
+    )
     assert not before & {p.metadata.uid for p in pods}, "a pod survived the spec edit"
-    hashes = {p.metadata.annotations[naming.SPEC_HASH_ANNOTATION] for p in pods}
-    assert len(hashes) == 1 and old_hash not in hashes
+    assert len({p.metadata.annotations[naming.SPEC_HASH_ANNOTATION] for p in pods}) == 1
     accepted, _ = streampulse_accepted(records)
     min_fares: dict[Any, dict[str, Any]] = {}
     for key, e in accepted:
@@ -196,7 +210,7 @@ def test_streampulse_on_the_cluster(
     def topics_gone() -> bool:
         return not ours & kafka_topics(bootstrap)
 
-    wait_for(f"the topics {sorted(ours)} deleted from Kafka", topics_gone, 60)
+    wait_for(topics_gone, 60, f"the topics {sorted(ours)} deleted from Kafka")
 
 
 def assert_children_gone(api_client: k8s_client.ApiClient, example: ClusterExample) -> None:

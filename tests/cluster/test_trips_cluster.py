@@ -21,8 +21,9 @@ from tests.cluster.examples import (
 )
 from tests.cluster.release import EXAMPLE_NAMESPACES, Release
 from tests.examples.expected import completed_trips, daily_kpis
-from tests.examples.harness import EXAMPLES, close, source, wait_for, wait_matching
+from tests.examples.harness import EXAMPLES, close, source, wait_matching
 from tests.harness.node import KubeNode
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.node
 
@@ -67,9 +68,9 @@ def test_trips_on_the_cluster(
 
         table = f"{example.table_path('trips')}/entries"
         wait_for(
-            "every completed trip in the trip table",
             lambda: http.get(table, params={"limit": 1}).json()["total"] == len(trips),
             60,
+            "every completed trip in the trip table",
         )
         sample = trips[len(trips) // 2]
         entry = http.get(f"{table}/{sample['trip_id']}").json()

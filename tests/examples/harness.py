@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -26,18 +26,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.redis import EmbeddedRedis
 from flowmill.run import LocalRun, RowStatus
+from tests.harness.waiting import unique, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "k8s" / "examples"
-T = TypeVar("T")
-
-_counter = 0
-
-
-def unique_suffix() -> str:
-    global _counter
-    _counter += 1
-    return f"{int(time.time() * 1000) % 1_000_000:06d}{_counter}"
 
 
 def rename_topics(doc: dict[str, Any], suffix: str) -> None:
@@ -70,7 +62,7 @@ def example_copy(
     """k8s/examples/{name}.yaml and its data folder copied under `into`, renamed (see the
     module docstring) and optionally edited (faster rates, a `count` for generators)."""
     doc = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
-    rename_topics(doc, unique_suffix())
+    rename_topics(doc, unique("run"))
     if edit is not None:
         edit(doc)
     data = EXAMPLES / "data" / name
@@ -115,18 +107,6 @@ def local_run(
     assert not run.child_pids(), "children left after stop()"
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Call `probe` until it returns something other than None or False."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last is not None and last is not False:
-            return last
-        time.sleep(0.25)
-    raise TimeoutError(f"{what}: not reached within {timeout:.0f}s (last: {last!r})")
-
-
 def row(run: LocalRun, label: str) -> RowStatus:
     return next(r for r in run.status().rows if r.label == label)
 
@@ -134,18 +114,18 @@ def row(run: LocalRun, label: str) -> RowStatus:
 def wait_done(run: LocalRun, sources: list[str], timeout: float = 60.0) -> None:
     """Until every named source says it finished (its file or `count` is exhausted)."""
     wait_for(
-        f"sources {sources} finished",
         lambda: all(row(run, f"source/{s}").state == "done" for s in sources),
         timeout,
+        f"sources {sources} finished",
     )
 
 
 def wait_consumed(run: LocalRun, step: str, count: int, timeout: float = 60.0) -> None:
     """Until the step's worker has consumed `count` events (its events_in counter)."""
     wait_for(
-        f"step {step} consumed {count}",
         lambda: (row(run, f"step/{step}").events_in or 0) >= count,
         timeout,
+        f"step {step} consumed {count}",
     )
 
 

@@ -32,9 +32,9 @@ from tests.examples.harness import (
     table_path,
     topic,
     wait_consumed,
-    wait_for,
     wait_matching,
 )
+from tests.harness.waiting import wait_for
 
 SNAPSHOTS = 4
 PERIOD = 2
@@ -78,9 +78,10 @@ def test_citibike_gbfs_tables_and_parquet_lake(
     with local_run(manifest, kafka_broker, redis_server, tmp_path / "run") as run:
         assert run.gbfs is not None
         # The feed's clock starts at the first poll; it stops changing after SNAPSHOTS.
-        timeline = wait_for("the first poll", lambda: run.gbfs.feed.timeline, 30)  # type: ignore[union-attr]
+        gbfs = run.gbfs
+        timeline = wait_for(lambda: gbfs.feed.timeline, 30, "the first poll")
         final = timeline.last_updated(SNAPSHOTS - 1)
-        wait_for("the last snapshot", lambda: time.time() >= final, 30)
+        wait_for(lambda: time.time() >= final, 30, "the last snapshot")
         status_topic = topic(run, "station-status")
 
         def ingested() -> list[dict[str, Any]] | None:
@@ -88,7 +89,7 @@ def test_citibike_gbfs_tables_and_parquet_lake(
             done = sum(e["last_updated"] == final for e in events) == len(regions)
             return events if done else None
 
-        events = wait_for("the last snapshot ingested", ingested, 30)
+        events = wait_for(ingested, 30, "the last snapshot ingested")
         assert len(events) % len(regions) == 0 and len(events) >= 2 * len(regions)
         wait_consumed(run, "region-minute", len(events))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+import pytest
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.ports import free_port, port_open
@@ -99,6 +100,7 @@ def stop_and_check(
     assert not left, f"processes left after {sig.name}: {sorted(left)}"
 
 
+@pytest.mark.usefixtures("kafka_installed", "redis_installed")
 def test_newcomer_command_serves_the_api_and_stops_on_sigint() -> None:
     """The README's first command, from the repo root, on a machine with nothing running:
     it starts its own Kafka and Redis, and the API answers with StreamPulse's windows."""

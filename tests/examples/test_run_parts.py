@@ -77,8 +77,9 @@ def test_backoff_doubles_up_to_a_ceiling() -> None:
 
 
 def test_metrics_and_rates() -> None:
-    from flowmill_workers.runtime.metrics import WorkerMetrics
     from prometheus_client import generate_latest
+
+    from flowmill_workers.runtime.metrics import WorkerMetrics
 
     m = WorkerMetrics("p", "s")  # what a worker serves at /metrics
     m.labels(m.events_in).inc(120)

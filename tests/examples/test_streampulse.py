@@ -26,9 +26,9 @@ from tests.examples.harness import (
     topic,
     wait_consumed,
     wait_done,
-    wait_for,
     wait_matching,
 )
+from tests.harness.waiting import wait_for
 
 
 def test_streampulse_windows_per_region_survive_a_worker_crash(
@@ -43,7 +43,7 @@ def test_streampulse_windows_per_region_survive_a_worker_crash(
         # checkpoints with the data, the final windows are still exact.
         wait_consumed(run, "by-region", 300)
         os.kill(row(run, "step/by-region").pid or 0, signal.SIGKILL)
-        wait_for("by-region restarted", lambda: row(run, "step/by-region").restarts >= 1, 30)
+        wait_for(lambda: row(run, "step/by-region").restarts >= 1, 30, "by-region restarted")
         wait_done(run, ["replay"])
         records = read_topic(run.bootstrap_servers, topic(run, "trip-events"))
         assert len(records) == 2000

@@ -19,9 +19,9 @@ from tests.examples.harness import (
     table_path,
     wait_consumed,
     wait_done,
-    wait_for,
     wait_matching,
 )
+from tests.harness.waiting import wait_for
 
 
 def test_trips_join_and_daily_kpis(
@@ -52,10 +52,11 @@ def test_trips_join_and_daily_kpis(
 
             table = f"{table_path(run, 'trips')}/entries"
             total = wait_for(
-                "every completed trip in the trip table",
                 lambda: (
                     (t := http.get(table, params={"limit": 1}).json()["total"]) == len(trips) and t
                 ),
+                60,
+                "every completed trip in the trip table",
             )
             assert total == len(trips)
             sample = trips[len(trips) // 2]

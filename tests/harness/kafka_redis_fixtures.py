@@ -8,11 +8,13 @@ provisioning hint instead of being skipped.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
-from flowmill.local.kafka import EmbeddedKafka
+from flowmill.local import find_binary
+from flowmill.local.kafka import EmbeddedKafka, kafka_classpath
 from flowmill.local.redis import EmbeddedRedis
 
 
@@ -40,3 +42,20 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
     with redis_server.client() as client:
         client.flushall()
         yield client
+
+
+# For tests whose command starts its own Kafka or Redis (`flowmill run` without
+# --bootstrap-servers): they need the component provisioned, not the session's server, and
+# these fixtures both check that and mark them (tests/conftest.py).
+
+
+@pytest.fixture(scope="session")
+def kafka_installed() -> str:
+    """The broker's classpath; ComponentMissing names scripts/provision.sh if it is not."""
+    return kafka_classpath()
+
+
+@pytest.fixture(scope="session")
+def redis_installed() -> Path:
+    """The redis-server binary; ComponentMissing names scripts/provision.sh if it is not."""
+    return find_binary("redis-server")

@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 from cryptography import x509
@@ -44,6 +44,7 @@ from kubernetes.client.rest import ApiException
 
 from flowmill.local import find_binary
 from flowmill.local.ports import StartStop, free_ports, spawn, tail, terminate
+from tests.harness.waiting import wait_for
 
 SERVICE_CIDR = "10.0.0.0/24"
 # The first address of SERVICE_CIDR: the in-cluster `kubernetes` Service, which the serving
@@ -68,8 +69,6 @@ CONTROLLERS = (
 # A node needs the controllers a real cluster runs: endpoint slices for Services, node
 # lifecycle to lift the not-ready taint, jobs, cluster-role aggregation for charts' roles, ...
 NODE_CONTROLLERS = ("*",)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -435,18 +434,6 @@ def wait_started(
         f"{name} not ready after {timeout:.0f}s; "
         f"last lines of {log_path}:\n{tail(log_path) or '(empty log)'}"
     )
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
-    """Poll probe() until it returns something truthy; raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _kubeconfig(server: str, ca: Path, cert: Path, key: Path) -> str:

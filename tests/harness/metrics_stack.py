@@ -38,8 +38,9 @@ from kubernetes.client.rest import ApiException
 
 from flowmill.local import ComponentMissing, find_binary
 from flowmill.local.ports import LOOPBACK, StartStop, free_ports, spawn, terminate
-from tests.harness.kube import wait_for, wait_started
+from tests.harness.kube import wait_started
 from tests.harness.node import NODE_IP, KubeNode
+from tests.harness.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART_FILES = ROOT / "charts" / "flowmill" / "files"

@@ -14,14 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flowmill_operator.runner import OperatorThread
-from flowmill_operator.settings import OperatorSettings, RenderSettings
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
+from flowmill_operator.runner import OperatorThread
+from flowmill_operator.settings import OperatorSettings, RenderSettings
 from tests.harness.kube import KubeControlPlane
+from tests.harness.waiting import wait_for
 from tests.operator import crds
-from tests.operator.helpers import GROUP, PLURAL, ROOT, VERSION, Cluster, wait_for
+from tests.operator.helpers import GROUP, PLURAL, ROOT, VERSION, Cluster
 
 PIPELINE_CRD = ROOT / "k8s" / "crd" / "pipelines.flowmill.dev.yaml"
 TEST_IMAGE = "registry.example/flowmill:test"

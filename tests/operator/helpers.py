@@ -11,20 +11,21 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
+
+from tests.harness.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 GROUP, VERSION, PLURAL = "flowmill.dev", "v1alpha1", "pipelines"
 STRIMZI = ("kafka.strimzi.io", "v1", "kafkatopics")
 
-T = TypeVar("T")
 CHILD_PATHS = (
     ("ConfigMap", "/api/v1"),
     ("Service", "/api/v1"),
@@ -75,23 +76,6 @@ def for_namespace(
     if kafka.get("namespace"):
         kafka["namespace"] = kafka_namespace or kafka["namespace"]
     return body
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = probe()
-        except ApiException as err:
-            if err.status != 404:
-                raise
-            last = None
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Cluster:

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 import yaml
-from flowmill_operator.render import Manifest
-from flowmill_operator.runner import OperatorThread
 
 from flowmill.local import find_binary
+from flowmill_operator.render import Manifest
+from flowmill_operator.runner import OperatorThread
 from tests.harness.kube import KubeControlPlane
+from tests.harness.waiting import wait_for
 from tests.operator.fixtures import delete_pipelines, operator_settings
 from tests.operator.helpers import (
     ROOT,
@@ -25,7 +26,6 @@ from tests.operator.helpers import (
     example_files,
     for_namespace,
     pipeline_documents,
-    wait_for,
 )
 
 CHART = ROOT / "charts" / "flowmill"

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
-from flowmill_operator.render import render, to_yaml
 
 from flowmill.manifest import parse_pipeline
+from flowmill_operator.render import render, to_yaml
 from tests.harness.kube import KubeControlPlane
 from tests.operator.fixtures import TEST_RENDER
 from tests.operator.helpers import ROOT, Cluster, for_namespace
@@ -84,7 +84,6 @@ def test_data_is_mounted_where_the_sources_read_it(name: str) -> None:
             assert source.http_poll.url.startswith(f"http://{service['metadata']['name']}:{port}/")
 
 
-@pytest.mark.kube
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_and_its_rendered_children_pass_server_side_dry_run(
     name: str,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from flowmill_operator.render import render, to_yaml
 
 from flowmill.cli import main
 from flowmill.manifest import parse_pipeline
+from flowmill_operator.render import render, to_yaml
 from tests.harness.kube import KubeControlPlane
 from tests.operator.fixtures import TEST_RENDER
 from tests.operator.helpers import (
@@ -124,7 +124,6 @@ VARIANTS = {
 }
 
 
-@pytest.mark.kube
 @pytest.mark.parametrize("variant", VARIANTS, ids=list(VARIANTS))
 @pytest.mark.parametrize("path", example_files(), ids=example_ids())
 def test_rendered_manifests_pass_server_side_dry_run(

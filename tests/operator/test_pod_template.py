@@ -223,7 +223,6 @@ def test_a_template_cannot_take_what_flowmill_uses(edit: Any, path: str) -> None
     assert [e.path for e in err.value.errors] == [path], err.value.errors
 
 
-@pytest.mark.kube
 def test_the_crd_accepts_templates_and_refuses_flowmills_own_env(
     operator_crds: KubeControlPlane, cluster: Cluster, kube_namespace: str
 ) -> None:

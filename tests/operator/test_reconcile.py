@@ -23,13 +23,13 @@ from flowmill_operator.render import Manifest, render
 from flowmill_operator.runner import OperatorThread
 from flowmill_operator.status import parse_quantity
 from tests.harness.kube import KubeControlPlane
+from tests.harness.waiting import wait_for
 from tests.operator.fixtures import TEST_IMAGE, TEST_RENDER
 from tests.operator.helpers import (
     Cluster,
     example_files,
     for_namespace,
     pipeline_documents,
-    wait_for,
 )
 
 SKETCH = example_files()[0]

@@ -11,7 +11,8 @@ from kafka import KafkaAdminClient  # type: ignore[import-untyped]
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill_operator import naming
-from tests.operator.helpers import STRIMZI, Cluster, wait_for
+from tests.harness.waiting import wait_for
+from tests.operator.helpers import STRIMZI, Cluster
 
 pytestmark = [pytest.mark.kube, pytest.mark.kafka]
 

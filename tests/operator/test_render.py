@@ -9,9 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-from flowmill_operator import naming
-from flowmill_operator.render import Manifest, RenderError, render
-from flowmill_operator.settings import RenderSettings
 
 from flowmill.manifest import load_pipelines, parse_pipeline
 from flowmill.spec import (
@@ -23,6 +20,9 @@ from flowmill.spec import (
     changelog_topic,
     consumer_group,
 )
+from flowmill_operator import naming
+from flowmill_operator.render import Manifest, RenderError, render
+from flowmill_operator.settings import RenderSettings
 from tests.operator.fixtures import TEST_RENDER
 from tests.operator.helpers import ROOT, example_files, example_ids
 

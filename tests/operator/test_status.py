@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
+from flowmill.manifest import load_pipelines
 from flowmill_operator import naming
 from flowmill_operator.render import Rendered, render
 from flowmill_operator.runner import operator_kwargs
@@ -20,8 +22,6 @@ from flowmill_operator.status import (
     merge_conditions,
     pipeline_status,
 )
-
-from flowmill.manifest import load_pipelines
 from tests.operator.fixtures import TEST_RENDER
 from tests.operator.helpers import example_files
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from flowmill.manifest import parse_pipeline
+from flowmill.spec import Pipeline
 from flowmill_operator.render import render
 from flowmill_operator.status import Observation, pipeline_status
 from flowmill_operator.topic_admin import TopicReport, TopicSync
-
-from flowmill.manifest import parse_pipeline
-from flowmill.spec import Pipeline
 from tests.operator.fixtures import TEST_RENDER
 
 NS = "ns"

@@ -3,22 +3,16 @@ session's real broker: create, grow, refuse to shrink, configs, delete only our 
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import pytest
-from flowmill_operator.topic_admin import KafkaAdminError, TopicAdmin
 from kafka import KafkaAdminClient  # type: ignore[import-untyped]
 from kafka.admin import ConfigResource, ConfigResourceType  # type: ignore[import-untyped]
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.spec import PipelineTopic
-
-pytestmark = pytest.mark.kafka
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
+from flowmill_operator.topic_admin import KafkaAdminError, TopicAdmin
+from tests.harness.waiting import unique
 
 
 def describe(broker: EmbeddedKafka, name: str) -> tuple[int, dict[str, str]]:

@@ -9,20 +9,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.manifest import parse_pipeline
 from flowmill.spec import Pipeline, all_topics
-
-_counter = 0
-
-
-def unique(prefix: str) -> str:
-    """A fresh name per test, so tests sharing a broker and Redis never collide."""
-    global _counter
-    _counter += 1
-    return f"{prefix}-{int(time.time() * 1000) % 10_000_000}-{_counter}"
+from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 
 
 def pipeline(name: str, topics: list[dict[str, Any]], steps: list[dict[str, Any]]) -> Pipeline:

@@ -16,7 +16,8 @@ import yaml
 from flowmill import serving
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.redis import EmbeddedRedis
-from tests.workers.harness import create_topics, end_offsets, pipeline, produce, unique
+from tests.harness.waiting import unique
+from tests.workers.harness import create_topics, end_offsets, pipeline, produce
 from tests.workers.test_step_windows import (
     assert_same,
     expected_windows,

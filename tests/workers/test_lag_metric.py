@@ -11,7 +11,8 @@ from collections.abc import Callable
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.spec import consumer_group
 from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
-from tests.workers.harness import create_topics, pipeline, produce, unique
+from tests.harness.waiting import unique
+from tests.workers.harness import create_topics, pipeline, produce
 
 PARTITIONS = 4
 

@@ -17,14 +17,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer
 
 from flowmill.local.kafka import EmbeddedKafka
-from tests.workers.test_sources_support import consume, running, source_pipeline, unique
-
-pytestmark = pytest.mark.kafka
+from tests.harness.waiting import unique
+from tests.workers.test_sources_support import consume, running, source_pipeline
 
 REGIONS = ["north", "south", "east", "west", "harbour"]
 

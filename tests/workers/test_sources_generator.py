@@ -13,14 +13,12 @@ from functools import partial
 from typing import Any
 
 import httpx
-import pytest
-from flowmill_workers.runtime.source_runner import SourceRunner, run_source
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.ports import free_ports
-from tests.workers.test_sources_support import consume, running, source_pipeline, unique
-
-pytestmark = pytest.mark.kafka
+from flowmill_workers.runtime.source_runner import SourceRunner, run_source
+from tests.harness.waiting import unique
+from tests.workers.test_sources_support import consume, running, source_pipeline
 
 FIELDS: dict[str, dict[str, Any]] = {
     "seq": {"type": "sequence"},

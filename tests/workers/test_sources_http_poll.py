@@ -14,14 +14,15 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from flowmill_workers.runtime.metrics import WorkerMetrics
-from flowmill_workers.sources.base import Chunk, SourceContext
-from flowmill_workers.sources.http_poll import HttpPoll
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.ports import free_ports
 from flowmill.spec import SourceSpec
-from tests.workers.test_sources_support import consume, running, source_pipeline, unique
+from flowmill_workers.runtime.metrics import WorkerMetrics
+from flowmill_workers.sources.base import Chunk, SourceContext
+from flowmill_workers.sources.http_poll import HttpPoll
+from tests.harness.waiting import unique
+from tests.workers.test_sources_support import consume, running, source_pipeline
 
 LAST_MODIFIED = "Wed, 21 Oct 2025 07:28:00 GMT"
 
@@ -91,7 +92,6 @@ def stamped(stations: list[dict[str, Any]], last_updated: int) -> list[dict[str,
     return [{"last_updated": last_updated, **s} for s in stations]
 
 
-@pytest.mark.kafka
 async def test_gbfs_feed_lands_each_new_snapshot_once(kafka_broker: EmbeddedKafka) -> None:
     async with serving() as (the_feed, url):
         await check_gbfs_feed(kafka_broker, the_feed, url)

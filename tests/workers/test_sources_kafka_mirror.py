@@ -9,15 +9,14 @@ from collections import Counter
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from flowmill_workers.runtime.source_runner import SourceConfig, SourceRunner
-from flowmill_workers.sources.base import SourceContext
-from flowmill_workers.sources.kafka_mirror import KafkaMirror
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.spec import Pipeline, mirror_group
-from tests.workers.test_sources_support import RunningSource, consume, source_pipeline, unique
-
-pytestmark = pytest.mark.kafka
+from flowmill_workers.runtime.source_runner import SourceConfig, SourceRunner
+from flowmill_workers.sources.base import SourceContext
+from flowmill_workers.sources.kafka_mirror import KafkaMirror
+from tests.harness.waiting import unique
+from tests.workers.test_sources_support import RunningSource, consume, source_pipeline
 
 PARTITIONS = 3
 

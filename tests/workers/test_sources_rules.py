@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 from aiokafka.structs import ConsumerRecord
+
+from flowmill.spec import SourceSpec
+from flowmill.spec.sources import GeneratorSource
 from flowmill_workers.runtime.metrics import WorkerMetrics
 from flowmill_workers.sources.base import SourceContext
 from flowmill_workers.sources.file_replay import csv_value
 from flowmill_workers.sources.generator import BLOCK, EventGenerator
 from flowmill_workers.sources.http_poll import HttpPoll, PollFailed
 from flowmill_workers.sources.kafka_mirror import KafkaMirror
-
-from flowmill.spec import SourceSpec
-from flowmill.spec.sources import GeneratorSource
 
 
 @pytest.mark.parametrize(

@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from flowmill_workers.runtime.source_runner import SourceConfig, SourceRunner
-
 from flowmill.manifest import parse_pipeline
 from flowmill.spec import Pipeline
+from flowmill_workers.runtime.source_runner import SourceConfig, SourceRunner
 from tests.workers.harness import consume_all
 
-__all__ = ["RunningSource", "consume", "metric", "running", "source_pipeline", "unique"]
-
-
-def unique(prefix: str) -> str:
-    """A fresh name: the broker lives for the whole session."""
-    return f"{prefix}-{secrets.token_hex(4)}"
+__all__ = ["RunningSource", "consume", "metric", "running", "source_pipeline"]
 
 
 def source_pipeline(

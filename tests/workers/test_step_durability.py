@@ -12,6 +12,10 @@ from typing import Any
 
 import pytest
 import redis
+
+from flowmill import serving
+from flowmill.local.kafka import EmbeddedKafka
+from flowmill.local.redis import EmbeddedRedis
 from flowmill_workers.runtime.durability import (
     KafkaTransaction,
     OffsetCommit,
@@ -19,11 +23,8 @@ from flowmill_workers.runtime.durability import (
     RedisCheckpoint,
 )
 from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
-
-from flowmill import serving
-from flowmill.local.kafka import EmbeddedKafka
-from flowmill.local.redis import EmbeddedRedis
-from tests.workers.harness import create_topics, pipeline, produce, unique
+from tests.harness.waiting import unique
+from tests.workers.harness import create_topics, pipeline, produce
 
 TOPICS = [{"name": "in"}, {"name": "other"}, {"name": "out"}]
 

@@ -8,11 +8,12 @@ from typing import Any
 
 import duckdb
 import redis
-from flowmill_workers.runtime.dead_letter import REASON_HEADER
 
 from flowmill import serving
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.redis import EmbeddedRedis
+from flowmill_workers.runtime.dead_letter import REASON_HEADER
+from tests.harness.waiting import unique
 from tests.workers.harness import (
     consume_all,
     counter_value,
@@ -20,7 +21,6 @@ from tests.workers.harness import (
     pipeline,
     produce,
     run_step,
-    unique,
 )
 
 

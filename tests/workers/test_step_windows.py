@@ -14,7 +14,8 @@ import redis
 from flowmill import serving
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.redis import EmbeddedRedis
-from tests.workers.harness import create_topics, pipeline, produce, run_step, unique
+from tests.harness.waiting import unique
+from tests.workers.harness import create_topics, pipeline, produce, run_step
 
 BASE_MS = 1_763_800_000_000 - 1_763_800_000_000 % 60_000  # a minute boundary
 

@@ -76,7 +76,7 @@ def load_callable(reference: str) -> Callable[[Event], Any]:
     function = getattr(module, attribute)
     if not callable(function):
         raise TypeError(f"{reference} is not callable")
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 def _function_stage(reference: str) -> Stage:

@@ -79,7 +79,7 @@ class WindowAggregator:
 
     def add(self, batch: WindowBatch, key: str, event: Event, starts: list[int]) -> None:
         """Fold one event into the partials of the given windows."""
-        values = []
+        values: list[Any] = []
         for name, op, fld in self.aggregates:
             if op == "count":
                 values.append(None)

@@ -42,10 +42,12 @@ def aggregate_batch(
     if max(len(v or b"") for v in values) > MAX_EVENT_BYTES:
         return None
     loads = orjson.loads
+    key_field, time_field = agg.key_field, agg.time_field
+    assert time_field is not None  # supports() admits only steps with an event time
     try:
         events: list[dict[str, Any]] = [loads(v) for v in values]  # type: ignore[arg-type]
-        keys = [e[agg.key_field] for e in events]
-        times = np.array([e[agg.time_field] for e in events])
+        keys = [e[key_field] for e in events]
+        times = np.array([e[time_field] for e in events])
     except (orjson.JSONDecodeError, TypeError, KeyError):
         return None
     if times.dtype.kind not in "iu" and times.dtype.kind != "f":
@@ -68,9 +70,9 @@ def aggregate_batch(
 
     columns: dict[str, np.ndarray] = {}
     for _, op, field in agg.aggregates:
-        if op != "count" and field not in columns:
+        if op != "count" and field is not None and field not in columns:
             try:
-                columns[field] = np.array([e.get(field) for e in events], dtype=np.float64)  # type: ignore[arg-type]
+                columns[field] = np.array([e.get(field) for e in events], dtype=np.float64)
             except (TypeError, ValueError):
                 return None
 
@@ -94,7 +96,8 @@ def aggregate_batch(
         if op == "count":
             results.append(counts.tolist())
             continue
-        col = columns[field][open_idx]  # type: ignore[index]
+        assert field is not None  # every aggregate but count names its field
+        col = columns[field][open_idx]
         present = ~np.isnan(col)
         if op in ("sum", "avg"):
             sums = np.bincount(inverse, weights=np.where(present, col, 0.0), minlength=n_groups)
