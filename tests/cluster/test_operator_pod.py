@@ -59,6 +59,6 @@ def test_operator_runs_as_the_charts_service_account_not_admin(
         ("get", "secrets", "-n", "kube-system"),
         ("create", "deployments.apps", "-n", "default"),
         ("create", "pods", "-n", "kube-system"),
-        ("delete", "namespaces", watched),
+        ("delete", f"namespaces/{watched}"),
     ]:
         assert not can_i(kube_node, sa, ns, *args), f"the operator may {' '.join(args)}"
