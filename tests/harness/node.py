@@ -56,9 +56,10 @@ IMAGES_ENV = "images.env"
 # A plain-HTTP image registry on the namespace's loopback (Debian's docker-registry), where
 # `skaffold run -p buildah` pushes and containerd pulls from (hosts.toml below).
 REGISTRY = "localhost:5000"
-# Keys of images.env (written by provisioning, scripts/image.sh).
+# Keys of images.env (written by provisioning, scripts/image.sh): NAME and NAME_ARCHIVE.
 FLOWMILL_IMAGE_KEY = "FLOWMILL_IMAGE"
 PAUSE_IMAGE_KEY = "PAUSE_IMAGE"
+ARCHIVE_SUFFIX = "_ARCHIVE"
 
 
 class NodeError(RuntimeError):
@@ -81,16 +82,16 @@ class NodeImages:
             lines = env_file.read_text().splitlines()
         except OSError:
             raise ComponentMissing("the node's images (images.env)", str(env_file)) from None
-        names = dict(
-            line.split("=", 1) for line in lines if "=" in line and not line.startswith("#")
-        )
-        names = {k.strip(): v.strip().strip("\"'") for k, v in names.items()}
-        missing = [k for k in (FLOWMILL_IMAGE_KEY, PAUSE_IMAGE_KEY) if not names.get(k)]
+        pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+        names = {k.strip(): v.strip().strip("\"'") for k, v in pairs}
+        keys = [FLOWMILL_IMAGE_KEY, PAUSE_IMAGE_KEY]
+        missing = [k for k in keys + [k + ARCHIVE_SUFFIX for k in keys] if not names.get(k)]
         if missing:
-            raise ComponentMissing(f"image names {missing} in {IMAGES_ENV}", str(env_file))
-        archives = tuple(sorted(directory.glob("*.tar")))
-        if not archives:
-            raise ComponentMissing("the node's image archives (*.tar)", str(directory))
+            raise ComponentMissing(f"{', '.join(missing)} in {IMAGES_ENV}", str(env_file))
+        archives = tuple(Path(names[k + ARCHIVE_SUFFIX]) for k in keys)
+        absent = [str(a) for a in archives if not a.is_file()]
+        if absent:
+            raise ComponentMissing(f"the image archives {', '.join(absent)}", str(directory))
         return cls(names[FLOWMILL_IMAGE_KEY], names[PAUSE_IMAGE_KEY], archives)
 
 
