@@ -142,19 +142,21 @@ class StepRunner:
                 batch = await self.consumer.getmany(
                     timeout_ms=self.config.batch_timeout_ms, max_records=self.config.batch_size
                 )
+                started = time.perf_counter()
+                results: list[PartitionResult] = []
                 if batch:
-                    started = time.perf_counter()
                     results = [
                         self.compute.partition(tp, rs)
                         for tp, rs in batch.items()
                         if rs and tp not in self.assigning
                     ]
+                if results:
                     if writing is not None:
                         await writing
                     writing = asyncio.create_task(self._hand_over(results, started))
                     if not self.durability.pipelined:
                         await writing
-                else:
+                elif not batch:
                     await self.durability.idle()
                 await self._report_lag()
         finally:
@@ -225,15 +227,19 @@ class StepRunner:
         for tp in assigned:
             self.compute.resume(tp, (None, None))
         resume = await self.durability.on_assigned(assigned)
+        targets: dict[TopicPartition, int] = {}
         for tp in assigned:
-            if tp in resume:
-                self._seek(tp, resume[tp])
-                continue
-            committed = await self.consumer.committed(tp)
-            if committed is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, committed)
+            if tp not in resume:
+                committed = await self.consumer.committed(tp)
+                if committed is None:
+                    committed = (await self.consumer.beginning_offsets([tp]))[tp]
+                targets[tp] = committed
+        # All seeks after the last await: records of a partition sought early and fetched
+        # while another is still looked up would be skipped by the loop, then lost.
+        for tp, checkpoint in resume.items():
+            self._seek(tp, checkpoint)
+        for tp, offset in targets.items():
+            self.consumer.seek(tp, offset)
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         # A transaction still completing would otherwise commit offsets after the next
