@@ -21,6 +21,7 @@ from flowmill.spec import API_PORT
 from flowmill_operator import naming
 from tests.cluster.examples import assert_restricted
 from tests.cluster.release import (
+    ROOT,
     create_restricted_namespace,
     describe_pods,
     pod_ready,
@@ -164,5 +165,9 @@ def test_skaffold_profiles_kind_with_docker_and_buildah_without(tmp_path: Path) 
     assert buildah["build"]["local"]["push"] is True
     assert buildah["build"]["insecureRegistries"] == [REGISTRY]
     (release,) = buildah["deploy"]["helm"]["releases"]
-    assert release["name"] == RELEASE and release["chartPath"] == "charts/flowmill"
-    assert buildah["manifests"]["rawYaml"] == ["k8s/examples/cluster/streampulse.yaml"]
+    # skaffold resolves paths against the config's folder.
+    assert release["name"] == RELEASE
+    assert Path(release["chartPath"]) == ROOT / "charts" / "flowmill"
+    assert [Path(m) for m in buildah["manifests"]["rawYaml"]] == [
+        ROOT / "k8s" / "examples" / "cluster" / "streampulse.yaml"
+    ]
