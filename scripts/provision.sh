@@ -3,6 +3,8 @@
 #
 #   scripts/provision.sh            all components (tests need them)
 #   scripts/provision.sh --local    only what `flowmill run` needs: Python env, Kafka, Redis
+#   scripts/provision.sh GROUP      one group (see the usage line at the end), e.g.
+#                                   node: containerd, runc, CNI, kubelet, ...; images
 #
 # Idempotent: each component is checked first and skipped when present, so a second run
 # does nothing. Components land in $FLOWMILL_CACHE (default ~/.cache/flowmill); the
@@ -10,9 +12,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CACHE=${FLOWMILL_CACHE:-$HOME/.cache/flowmill}
-BIN=$CACHE/bin
 HERE=$ROOT/scripts/provision
+SAY_AS=provision
+. "$HERE/lib.sh"
+BIN=$CACHE/bin
 
 KUBE_VERSION=v1.34.4
 ETCD_VERSION=v3.5.21
@@ -20,22 +23,10 @@ HELM_VERSION=v3.16.4
 KAFKA_VERSION=3.9.1
 PROMETHEUS_ADAPTER_VERSION=v0.12.0
 SKAFFOLD_VERSION=v2.16.1
+CONTAINERD_VERSION=v2.4.2
+CRICTL_VERSION=v1.34.0
 
 mkdir -p "$BIN"
-say() { printf '[provision] %s\n' "$*"; }
-have_stamp() { [ -f "$CACHE/$1.stamp" ] && [ "$(cat "$CACHE/$1.stamp")" = "$2" ]; }
-put_stamp() { printf '%s' "$2" > "$CACHE/$1.stamp"; }
-
-APT_UPDATED=0
-apt_install() {
-  if [ "$APT_UPDATED" = 0 ]; then
-    say "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    APT_UPDATED=1
-  fi
-  say "apt-get install $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
 
 provision_python_env() {
   local want
@@ -112,19 +103,51 @@ go_build() {  # go_build NAME STAMP MODULE_DIR PACKAGE LDFLAGS
     return
   fi
   say "$name $stamp: building from the Go module proxy (first time takes minutes)"
-  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$BIN/$name" "$pkg")
+  # Built beside and renamed into place, so a binary that is running is never half-written.
+  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$BIN/$name.tmp" "$pkg")
+  mv "$BIN/$name.tmp" "$BIN/$name"
   put_stamp "$name" "$stamp"
 }
 
-provision_kube() {
+kube_ldflags() {
   local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
-  local v="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
+  printf '%s' "-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
 -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION \
 -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  go_build kube-apiserver "$KUBE_VERSION" "$HERE/kube" k8s.io/kubernetes/cmd/kube-apiserver "$v"
-  go_build kube-controller-manager "$KUBE_VERSION" "$HERE/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$v"
-  go_build kubectl "$KUBE_VERSION" "$HERE/kube" k8s.io/kubernetes/cmd/kubectl "$v"
+}
+
+kube_build() {  # kube_build COMMAND: one of the wrapper module's cmd/ packages, at KUBE_VERSION
+  go_build "$1" "$KUBE_VERSION" "$HERE/kube" "k8s.io/kubernetes/cmd/$1" "$(kube_ldflags)"
+}
+
+provision_kube() {
+  kube_build kube-apiserver
+  kube_build kube-controller-manager
+  kube_build kubectl
+}
+
+# A real node: containerd v2 (built; Debian's 1.6 is end-of-life) and its ctr, with Debian's
+# runc and CNI plugins (/usr/sbin/runc, /usr/lib/cni), the node's Kubernetes parts at the
+# apiserver's version, and crictl, which removes pods through the CRI on teardown.
+provision_node() {
+  apt_install runc containernetworking-plugins iptables conntrack
+  local cv="-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+  go_build containerd "$CONTAINERD_VERSION" "$HERE/containerd" github.com/containerd/containerd/v2/cmd/containerd "$cv"
+  go_build containerd-shim-runc-v2 "$CONTAINERD_VERSION" "$HERE/containerd" github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 "$cv"
+  go_build ctr "$CONTAINERD_VERSION" "$HERE/containerd" github.com/containerd/containerd/v2/cmd/ctr "$cv"
+  kube_build kubelet
+  kube_build kube-scheduler
+  kube_build kube-proxy
+  go_build crictl "$CRICTL_VERSION" "$HERE/crictl" sigs.k8s.io/cri-tools/cmd/crictl \
+    "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
+}
+
+# The flowmill image from the Dockerfile and the pause image, built with buildah (no Docker
+# engine) into archives the node imports (scripts/image.sh says how).
+provision_images() {
+  apt_install debootstrap buildah skopeo gcc libc6-dev
+  "$ROOT/scripts/image.sh" all
 }
 
 provision_etcd() {
@@ -173,24 +196,32 @@ provision_registry() {
   (service docker-registry stop || true) >/dev/null 2>&1
 }
 
-only=""
-case "${1:-}" in
-  --local) only=local ;;
-  "") ;;
-  *) only=$1 ;;
-esac
+# The whole script is read before main runs, so editing it during a run cannot change that run.
+main() {
+  local only=""
+  case "${1:-}" in
+    --local) only=local ;;
+    "") ;;
+    *) only=$1 ;;
+  esac
 
-case "$only" in
-  local) provision_python_env; provision_kafka; provision_redis ;;
-  python) provision_python_env ;;
-  kafka) provision_kafka ;;
-  redis) provision_redis ;;
-  kube) provision_etcd; provision_kube ;;
-  helm) provision_helm ;;
-  skaffold) provision_registry; provision_skaffold ;;
-  promtool) provision_promtool ;;
-  prometheus-adapter) provision_promtool; provision_prometheus_adapter ;;
-  chromium) provision_chromium ;;
-  *) provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_chromium; provision_etcd; provision_kube; provision_helm; provision_registry; provision_skaffold; provision_prometheus_adapter ;;
-esac
-say "done (cache: $CACHE)"
+  case "$only" in
+    local) provision_python_env; provision_kafka; provision_redis ;;
+    python) provision_python_env ;;
+    kafka) provision_kafka ;;
+    redis) provision_redis ;;
+    kube) provision_etcd; provision_kube ;;
+    node) provision_node ;;
+    images) provision_images ;;
+    helm) provision_helm ;;
+    skaffold) provision_registry; provision_skaffold ;;
+    promtool) provision_promtool ;;
+    prometheus-adapter) provision_promtool; provision_prometheus_adapter ;;
+    chromium) provision_chromium ;;
+    "") provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_chromium; provision_etcd; provision_kube; provision_helm; provision_registry; provision_skaffold; provision_prometheus_adapter; provision_node; provision_images ;;
+    *) echo "usage: $0 [--local|python|kafka|redis|kube|node|images|helm|skaffold|promtool|prometheus-adapter|chromium]" >&2; exit 2 ;;
+  esac
+  say "done (cache: $CACHE)"
+}
+
+main "$@"; exit
