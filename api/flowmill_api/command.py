@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                 "the Pipelines name different Redis URLs; one API process reads one Redis: "
                 "pass --redis-url or run one API per Redis"
             )
-        settings = ApiSettings.from_env(
+        settings = ApiSettings.for_pipelines(
             pipelines,
             rate_limit=args.rate_limit,
             cors_origins=tuple(args.cors_origin) if args.cors_origin else None,

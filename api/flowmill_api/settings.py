@@ -8,37 +8,42 @@ environment first and flags override them.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from flowmill.settings import FlowmillSettings, split_list
 from flowmill.spec import ENV_API_KEYS_DIR, Pipeline
 
 ENV_API_KEYS = "FLOWMILL_API_KEYS"
 """Comma-separated accepted API keys."""
-ENV_RATE_LIMIT = "FLOWMILL_API_RATE_LIMIT"
-"""Requests per second allowed per client."""
-ENV_CORS_ORIGINS = "FLOWMILL_API_CORS_ORIGINS"
-"""Comma-separated origins allowed by CORS (`*` for any)."""
 
 
-class ApiSettings(BaseModel):
-    """Tunables of one API process; the defaults suit a local run."""
+class ApiSettings(FlowmillSettings):
+    """Tunables of one API process; the defaults suit a local run. Each is read from
+    FLOWMILL_API_<NAME> (e.g. FLOWMILL_API_RATE_LIMIT, FLOWMILL_API_CORS_ORIGINS), the keys
+    from FLOWMILL_API_KEYS and the files in FLOWMILL_API_KEYS_DIR."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = FlowmillSettings.model_config | SettingsConfigDict(env_prefix="FLOWMILL_API_")
 
-    api_keys: frozenset[str] = frozenset()
+    api_keys_dir: Path | None = Field(default=None, validation_alias=ENV_API_KEYS_DIR)
+    """A directory whose files each hold one accepted key (a Secret mounted as a volume)."""
+    api_keys: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(), validation_alias=ENV_API_KEYS, validate_default=True
+    )
     """Accepted keys (X-API-Key header, `Authorization: Bearer`, or `api_key` query for
-    browsers' EventSource). Empty: no key needed."""
+    browsers' EventSource), with those of api_keys_dir. Empty: no key needed."""
     rate_limit: float | None = Field(default=None, gt=0)
     """Requests per second per client (API key, else address); None: unlimited."""
     rate_burst: int | None = Field(default=None, ge=1)
     """Requests a client may send at once before the rate applies; default: one second's
     worth."""
-    cors_origins: tuple[str, ...] = ()
-    """Origins allowed by CORS; empty: no CORS headers (same-origin only)."""
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    """Origins allowed by CORS (the variable is comma-separated); empty: no CORS headers
+    (same-origin only)."""
     retry_after_seconds: int = Field(default=2, ge=1)
     """Retry-After of a 503 while Redis is unreachable."""
     redis_connections: int = Field(default=4, ge=1, le=64)
@@ -55,40 +60,39 @@ class ApiSettings(BaseModel):
     """On reconnect, latest-state entries updated up to this long before the last seen
     event are re-sent (their update times are producer times, which precede delivery)."""
 
+    @field_validator("cors_origins", mode="before")
     @classmethod
-    def from_env(
-        cls,
-        pipelines: Iterable[Pipeline] = (),
-        environ: Mapping[str, str] | None = None,
-        **overrides: object,
-    ) -> ApiSettings:
-        """Settings from the Pipelines' `spec.api`, then the environment, then `overrides`
-        (flags); None overrides are ignored so unset flags keep the lower layers."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+    def _origin_list(cls, value: object) -> object:
+        return split_list(value)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _all_keys(cls, value: object, info: ValidationInfo) -> object:
+        listed = split_list(value)
+        if not isinstance(listed, Iterable):
+            return listed  # not a list of keys: validation names the problem
+        keys = set(listed)
+        directory = info.data.get("api_keys_dir")
+        if directory is not None:
+            keys |= set(_keys_from_dir(directory))
+        return frozenset(keys)
+
+    @classmethod
+    def for_pipelines(cls, pipelines: Iterable[Pipeline], **flags: Any) -> ApiSettings:
+        """Settings from the Pipelines' `spec.api`, then the environment, then the flags
+        that were given (not None)."""
+        settings = cls.from_env(**flags)
         pipelines = list(pipelines)
+        from_spec: dict[str, Any] = {}
         limits = [p.spec.api.rate_limit for p in pipelines if p.spec.api.rate_limit]
         if limits:
             # One process serves every Pipeline given, so the strictest limit applies.
-            values["rate_limit"] = float(min(limits))
+            from_spec["rate_limit"] = float(min(limits))
         origins = [o for p in pipelines for o in p.spec.api.cors_origins]
         if origins:
-            values["cors_origins"] = tuple(dict.fromkeys(origins))
-        keys = set(_split(env.get(ENV_API_KEYS, "")))
-        if env.get(ENV_API_KEYS_DIR):
-            keys |= set(_keys_from_dir(Path(env[ENV_API_KEYS_DIR])))
-        if keys:
-            values["api_keys"] = frozenset(keys)
-        if env.get(ENV_RATE_LIMIT):
-            values["rate_limit"] = float(env[ENV_RATE_LIMIT])
-        if env.get(ENV_CORS_ORIGINS):
-            values["cors_origins"] = tuple(_split(env[ENV_CORS_ORIGINS]))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+            from_spec["cors_origins"] = tuple(dict.fromkeys(origins))
+        unset = {k: v for k, v in from_spec.items() if k not in settings.model_fields_set}
+        return settings.model_copy(update=unset)
 
 
 def _keys_from_dir(directory: Path) -> list[str]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the settings module is light, but keep --help's imports minimal
     from flowmill_operator.settings import RenderSettings
@@ -52,34 +51,33 @@ def _render_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _render_settings(args: argparse.Namespace) -> RenderSettings:
-    from flowmill_operator.settings import render_settings_from_env
+    """The environment's render settings with the flags that were given over them."""
+    from flowmill_operator.settings import RenderSettings
 
-    base = render_settings_from_env()
-    changes: dict[str, Any] = {}
-    for flag, name in (
-        ("image", "image"),
-        ("strimzi_api_version", "strimzi_api_version"),
-        ("topic_management", "topic_management"),
-        ("autoscaler", "autoscaler"),
-        ("hpa_scale_to_zero", "hpa_scale_to_zero"),
-        ("pdb", "pod_disruption_budgets"),
-        ("default_kafka_cluster", "default_kafka_cluster"),
-        ("default_kafka_namespace", "default_kafka_namespace"),
-        ("default_bootstrap_servers", "default_bootstrap_servers"),
-        ("default_redis_url", "default_redis_url"),
-    ):
-        if getattr(args, flag, None) is not None:
-            changes[name] = getattr(args, flag)
-    if getattr(args, "pod_monitor", False):
-        changes["pod_monitor"] = True
-    return replace(base, **changes)
+    return RenderSettings.from_env(
+        image=args.image,
+        strimzi_api_version=args.strimzi_api_version,
+        topic_management=args.topic_management,
+        autoscaler=args.autoscaler,
+        hpa_scale_to_zero=args.hpa_scale_to_zero,
+        pod_disruption_budgets=args.pdb,
+        default_kafka_cluster=args.default_kafka_cluster,
+        default_kafka_namespace=args.default_kafka_namespace,
+        default_bootstrap_servers=args.default_bootstrap_servers,
+        default_redis_url=args.default_redis_url,
+        pod_monitor=True if getattr(args, "pod_monitor", False) else None,
+    )
 
 
 def _render(args: argparse.Namespace) -> int:
     from flowmill.manifest import PipelineInvalid, load_pipelines
     from flowmill_operator.render import RenderError, render, to_yaml
 
-    settings = _render_settings(args)
+    try:
+        settings = _render_settings(args)
+    except ValueError as err:
+        print(f"flowmill render: {err}", file=sys.stderr)
+        return 2
     try:
         pipelines = load_pipelines(args.file)
     except PipelineInvalid as err:
@@ -126,27 +124,26 @@ def _operator(args: argparse.Namespace) -> int:
     import kopf
 
     from flowmill_operator.runner import SetupError, run
-    from flowmill_operator.settings import operator_settings_from_env
+    from flowmill_operator.settings import OperatorSettings
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    namespaces = () if args.all_namespaces else tuple(args.namespace or ()) or None
     try:
-        settings = operator_settings_from_env()
+        settings = OperatorSettings.from_env(
+            render=_render_settings(args),
+            namespaces=namespaces,
+            kubeconfig=args.kubeconfig,
+            peering=args.peering,
+            priority=args.priority,
+            resync_seconds=args.resync_seconds,
+            pod_monitors=args.pod_monitors,
+            liveness_endpoint=args.liveness,
+        )
     except ValueError as err:
         print(f"flowmill operator: {err}", file=sys.stderr)
         return 2
-    changes: dict[str, Any] = {"render": _render_settings(args)}
-    if args.all_namespaces:
-        changes["namespaces"] = ()
-    elif args.namespace:
-        changes["namespaces"] = tuple(args.namespace)
-    for flag in ("kubeconfig", "peering", "priority", "resync_seconds", "pod_monitors"):
-        if getattr(args, flag) is not None:
-            changes[flag] = getattr(args, flag)
-    if args.liveness is not None:
-        changes["liveness_endpoint"] = args.liveness
     if args.standalone:
-        changes["peering"] = None
-    settings = replace(settings, **changes)
+        settings = settings.model_copy(update={"peering": None})
     from kubernetes.config import ConfigException
 
     # Kopf handles SIGINT/SIGTERM itself: it finishes handlers in flight, then returns.

@@ -167,7 +167,7 @@ class Reconciler:
         base = self.settings.render
         if wanted == base.pod_monitor:
             return base
-        return RenderSettings(**{**base.__dict__, "pod_monitor": wanted})
+        return base.model_copy(update={"pod_monitor": wanted})
 
     async def reconcile(self, namespace: str, name: str) -> Outcome:
         # The Pipeline's own lock first: a queued resync must not hold a global slot.

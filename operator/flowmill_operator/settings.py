@@ -1,22 +1,24 @@
 """Operator-wide settings: what a platform team chooses once, for every Pipeline.
 
-Each setting comes from a flag of `flowmill operator`, else an environment variable (the
-Helm chart sets those), else a default. The renderer only reads the rendering part, so
-`flowmill render` accepts the same flags and prints what an operator with them applies.
+Each setting comes from a flag of `flowmill operator`, else an environment variable
+FLOWMILL_<SETTING> (the Helm chart sets those; see flowmill.settings), else a default. The
+renderer only reads the rendering part, so `flowmill render` accepts the same flags and
+prints what an operator with them applies.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from flowmill.settings import FlowmillSettings, split_list
 
 AutoscalerKind = Literal["hpa", "keda"]
 PodMonitorMode = Literal["auto", "always", "never"]
 TopicManagementSetting = Literal["auto", "strimzi", "admin", "unmanaged"]
-TOPIC_MANAGEMENT_SETTINGS = ("auto", "strimzi", "admin", "unmanaged")
 
 STRIMZI_GROUP = "kafka.strimzi.io"
 # Strimzi 0.49 added v1 and 1.0 removed every older version; v1beta2 is for older clusters.
@@ -34,8 +36,7 @@ def _package_version() -> str:
 DEFAULT_IMAGE = f"flowmill:{_package_version()}"
 
 
-@dataclass(frozen=True)
-class RenderSettings:
+class RenderSettings(FlowmillSettings):
     """What shapes the rendered children (and so `flowmill render`'s output)."""
 
     image: str = DEFAULT_IMAGE
@@ -53,8 +54,9 @@ class RenderSettings:
     """The cluster enables the HPAScaleToZero feature gate, so an HPA may keep
     minReplicas 0 (otherwise only KEDA scales a step to zero)."""
     pod_monitor: bool = False
-    """Render a PodMonitor per Pipeline (the operator decides from PodMonitorMode)."""
-    pod_disruption_budgets: bool = False
+    """Render a PodMonitor per Pipeline (`render --pod-monitor`; the operator decides from
+    its pod_monitors mode)."""
+    pod_disruption_budgets: bool = Field(default=False, validation_alias="FLOWMILL_PDB")
     """Render a PodDisruptionBudget for every step and the API."""
     # Platform defaults for Pipelines whose spec.kafka / spec.redis are empty, as in
     # manifests written for `flowmill run`: the platform team names its Kafka and Redis
@@ -69,13 +71,15 @@ class RenderSettings:
     """Redis for Pipelines whose spec.redis is empty."""
 
 
-@dataclass(frozen=True)
-class OperatorSettings:
+class OperatorSettings(FlowmillSettings):
     """Everything `flowmill operator` needs: rendering plus how and where it runs."""
 
-    render: RenderSettings = field(default_factory=RenderSettings)
-    namespaces: tuple[str, ...] = ()
-    """Namespaces (or globs such as `team-*`) whose Pipelines are reconciled; empty: all."""
+    render: RenderSettings = Field(default_factory=RenderSettings.from_env)
+    namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), validation_alias="FLOWMILL_WATCH_NAMESPACES"
+    )
+    """Namespaces (or globs such as `team-*`) whose Pipelines are reconciled; empty (or
+    `*`): all. The variable is comma-separated."""
     pod_monitors: PodMonitorMode = "auto"
     """auto: a PodMonitor per Pipeline when the cluster serves the CRD."""
     resync_seconds: float = 30.0
@@ -87,71 +91,17 @@ class OperatorSettings:
     """e.g. http://0.0.0.0:8080/healthz (what the chart's livenessProbe calls)."""
     peering: str | None = None
     """Kopf peering name; unset runs standalone. Replicas with the same name elect one."""
-    priority: int | None = None
+    priority: int | None = Field(default=None, validation_alias="FLOWMILL_PEERING_PRIORITY")
     """Peering priority; unset picks a random one so replicas never tie."""
     retry_seconds: float = 5.0
     """Delay before a failed reconcile is retried."""
 
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _namespace_list(cls, value: object) -> object:
+        value = split_list(value)
+        return () if value == ("*",) else value
+
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
-
-
-def _split(value: str | None) -> tuple[str, ...]:
-    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
-
-
-def _bool(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-def render_settings_from_env(env: Mapping[str, str] | None = None) -> RenderSettings:
-    """RenderSettings from FLOWMILL_* variables (defaults for anything unset)."""
-    env = os.environ if env is None else env
-    base = RenderSettings()
-    autoscaler = env.get("FLOWMILL_AUTOSCALER") or base.autoscaler
-    if autoscaler not in ("hpa", "keda"):
-        raise ValueError(f"FLOWMILL_AUTOSCALER must be hpa or keda, not {autoscaler!r}")
-    topics = env.get("FLOWMILL_TOPIC_MANAGEMENT") or base.topic_management
-    if topics not in TOPIC_MANAGEMENT_SETTINGS:
-        raise ValueError(
-            f"FLOWMILL_TOPIC_MANAGEMENT must be one of {', '.join(TOPIC_MANAGEMENT_SETTINGS)}, "
-            f"not {topics!r}"
-        )
-    return RenderSettings(
-        image=env.get("FLOWMILL_IMAGE") or base.image,
-        topic_management=topics,  # type: ignore[arg-type]
-        image_pull_policy=env.get("FLOWMILL_IMAGE_PULL_POLICY") or base.image_pull_policy,  # type: ignore[arg-type]
-        strimzi_api_version=env.get("FLOWMILL_STRIMZI_API_VERSION") or base.strimzi_api_version,
-        autoscaler=autoscaler,  # type: ignore[arg-type]
-        lag_metric=env.get("FLOWMILL_LAG_METRIC") or base.lag_metric,
-        hpa_scale_to_zero=_bool(env.get("FLOWMILL_HPA_SCALE_TO_ZERO"), base.hpa_scale_to_zero),
-        pod_disruption_budgets=_bool(env.get("FLOWMILL_PDB"), base.pod_disruption_budgets),
-        default_kafka_cluster=env.get("FLOWMILL_DEFAULT_KAFKA_CLUSTER") or None,
-        default_kafka_namespace=env.get("FLOWMILL_DEFAULT_KAFKA_NAMESPACE") or None,
-        default_bootstrap_servers=env.get("FLOWMILL_DEFAULT_BOOTSTRAP_SERVERS") or None,
-        default_redis_url=env.get("FLOWMILL_DEFAULT_REDIS_URL") or None,
-    )
-
-
-def operator_settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
-    """OperatorSettings from FLOWMILL_* variables; `flowmill operator` flags override them."""
-    env = os.environ if env is None else env
-    namespaces = _split(env.get("FLOWMILL_WATCH_NAMESPACES"))
-    if namespaces == ("*",):
-        namespaces = ()
-    mode = env.get("FLOWMILL_POD_MONITORS") or "auto"
-    if mode not in ("auto", "always", "never"):
-        raise ValueError(f"FLOWMILL_POD_MONITORS must be auto, always or never, not {mode!r}")
-    priority = env.get("FLOWMILL_PEERING_PRIORITY")
-    return OperatorSettings(
-        render=render_settings_from_env(env),
-        namespaces=namespaces,
-        pod_monitors=mode,  # type: ignore[arg-type]
-        resync_seconds=float(env.get("FLOWMILL_RESYNC_SECONDS") or 30.0),
-        liveness_endpoint=env.get("FLOWMILL_LIVENESS_ENDPOINT") or None,
-        peering=env.get("FLOWMILL_PEERING") or None,
-        priority=int(priority) if priority else None,
-    )

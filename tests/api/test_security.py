@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import httpx
@@ -9,6 +10,8 @@ import pytest
 import websockets
 
 from flowmill.local.redis import EmbeddedRedis
+from flowmill.manifest import parse_pipeline
+from flowmill.settings import ENV_PREFIX
 from flowmill_api import ApiSettings
 from tests.api.harness import ApiServer, build_pipeline, serve
 
@@ -90,14 +93,23 @@ def test_cors(secured: tuple[ApiServer, str]) -> None:
         assert r.headers["access-control-allow-origin"] == ORIGIN
 
 
-def test_off_by_default() -> None:
-    settings = ApiSettings.from_env([build_pipeline("dflt")], environ={})
+def without_flowmill_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+
+
+def test_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    without_flowmill_env(monkeypatch)
+    settings = ApiSettings.for_pipelines([build_pipeline("dflt")])
     assert not settings.api_keys and settings.rate_limit is None and not settings.cors_origins
 
 
-def test_settings_from_environment_and_secret_dir(tmp_path: object) -> None:
+def test_settings_from_environment_and_secret_dir(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pathlib import Path
 
+    without_flowmill_env(monkeypatch)
     secret = Path(str(tmp_path))
     (secret / "alice").write_text("alice-key\n")
     (secret / "..data").mkdir()
@@ -107,15 +119,27 @@ def test_settings_from_environment_and_secret_dir(tmp_path: object) -> None:
         "FLOWMILL_API_RATE_LIMIT": "50",
         "FLOWMILL_API_CORS_ORIGINS": "http://x.test,http://y.test",
     }
-    settings = ApiSettings.from_env([], environ=env, rate_limit=None)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = ApiSettings.for_pipelines([], rate_limit=None)
     assert settings.api_keys == {"a", "b", "alice-key"}
     assert settings.rate_limit == 50
     assert settings.cors_origins == ("http://x.test", "http://y.test")
-    assert ApiSettings.from_env([], environ=env, rate_limit=7).rate_limit == 7
+    assert ApiSettings.for_pipelines([], rate_limit=7).rate_limit == 7
+    # The environment wins over spec.api, and flags over both.
+    doc = build_pipeline("envspec").to_manifest()
+    doc["spec"]["api"] = {"rateLimit": 3, "corsOrigins": ["http://z.test"]}
+    spec = parse_pipeline(doc)
+    assert ApiSettings.for_pipelines([spec]).rate_limit == 50
+    monkeypatch.setenv("FLOWMILL_API_RATE_LIMIT", "")  # empty: unset, so spec.api applies
+    assert ApiSettings.for_pipelines([spec]).rate_limit == 3
+    monkeypatch.setenv("FLOWMILL_API_RATE_LIMIT", "-1")
+    with pytest.raises(ValueError, match="FLOWMILL_API_RATE_LIMIT"):
+        ApiSettings.for_pipelines([])
 
 
-def test_settings_from_the_pipeline_spec() -> None:
-    from flowmill.manifest import parse_pipeline
+def test_settings_from_the_pipeline_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    without_flowmill_env(monkeypatch)
 
     def with_api(name: str, api: dict[str, object]) -> object:
         doc = build_pipeline(name).to_manifest()
@@ -124,6 +148,6 @@ def test_settings_from_the_pipeline_spec() -> None:
 
     a = with_api("spec-a", {"rateLimit": 20, "corsOrigins": ["http://a.test"]})
     b = with_api("spec-b", {"rateLimit": 5, "corsOrigins": ["http://b.test", "http://a.test"]})
-    settings = ApiSettings.from_env([a, b], environ={})  # type: ignore[list-item]
+    settings = ApiSettings.for_pipelines([a, b])  # type: ignore[list-item]
     assert settings.rate_limit == 5  # one process serves both: the strictest applies
     assert settings.cors_origins == ("http://a.test", "http://b.test")

@@ -47,7 +47,7 @@ def operator_settings(
         resync_seconds=RESYNC_SECONDS,
         retry_seconds=1.0,
     )
-    return OperatorSettings(**{**base.__dict__, **overrides})
+    return base.model_copy(update=overrides)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +79,7 @@ def test_min_replicas_zero_needs_keda_or_the_feature_gate() -> None:
     assert hpa["spec"]["minReplicas"] == 1
     assert "HPAScaleToZero" in out.scales["by-region"].message
 
-    gated = render(edited(SKETCH, zero), replace(TEST_RENDER, hpa_scale_to_zero=True))
+    gated = render(edited(SKETCH, zero), TEST_RENDER.model_copy(update={"hpa_scale_to_zero": True}))
     hpa = by_kind(gated.manifests, "HorizontalPodAutoscaler")[HPA_NAME]
     assert hpa["spec"]["minReplicas"] == 0
     assert gated.scales["by-region"].message == ""

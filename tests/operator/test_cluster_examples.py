@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,11 +21,12 @@ from tests.operator.helpers import ROOT, Cluster, for_namespace
 
 CLUSTER = ROOT / "k8s" / "examples" / "cluster"
 # A platform without Strimzi: Kafka and Redis named once, topics through the admin API.
-PLATFORM = replace(
-    TEST_RENDER,
-    default_kafka_cluster=None,
-    default_bootstrap_servers="kafka.flowmill.svc:9092",
-    topic_management="admin",
+PLATFORM = TEST_RENDER.model_copy(
+    update={
+        "default_kafka_cluster": None,
+        "default_bootstrap_servers": "kafka.flowmill.svc:9092",
+        "topic_management": "admin",
+    }
 )
 
 

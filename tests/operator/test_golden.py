@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,7 +87,7 @@ def test_render_cli_is_exactly_the_renderer(capsys: pytest.CaptureFixture[str]) 
     (document,) = pipeline_documents(path)
     rendered = render(
         parse_pipeline(document),
-        replace(TEST_RENDER, pod_disruption_budgets=True, pod_monitor=True),
+        TEST_RENDER.model_copy(update={"pod_disruption_budgets": True, "pod_monitor": True}),
         namespace="elsewhere",
     )
     assert out == to_yaml(rendered.manifests)
@@ -114,12 +113,13 @@ def test_render_cli_names_the_invalid_field(
 VARIANTS = {
     "defaults": TEST_RENDER,
     # Strimzi 0.4x, KEDA for every step, and the optional children.
-    "v1beta2-keda-extras": replace(
-        TEST_RENDER,
-        strimzi_api_version="kafka.strimzi.io/v1beta2",
-        autoscaler="keda",
-        pod_disruption_budgets=True,
-        pod_monitor=True,
+    "v1beta2-keda-extras": TEST_RENDER.model_copy(
+        update={
+            "strimzi_api_version": "kafka.strimzi.io/v1beta2",
+            "autoscaler": "keda",
+            "pod_disruption_budgets": True,
+            "pod_monitor": True,
+        }
     ),
 }
 

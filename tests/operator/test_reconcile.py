@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import re
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from tests.operator.helpers import (
 SKETCH = example_files()[0]
 FULL = example_files()[1]
 # The session's CRDs include PodMonitor, so the operator (pod monitors: auto) adds one.
-EXPECTED_SETTINGS = replace(TEST_RENDER, pod_monitor=True)
+EXPECTED_SETTINGS = TEST_RENDER.model_copy(update={"pod_monitor": True})
 CHILDREN_TIMEOUT = 15.0
 
 EXAMPLES = [(path, document) for path in example_files() for document in pipeline_documents(path)]

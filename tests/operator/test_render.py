@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +217,7 @@ def test_keda_alternative_per_step_and_operator_wide() -> None:
     assert trigger["metadata"]["topic"] == "trips"
     assert trigger["metadata"]["lagThreshold"] == "2000"
     # Operator-wide KEDA: the sketch's step (no kind) becomes a ScaledObject, no HPA.
-    keda = render(load(SKETCH), replace(SETTINGS, autoscaler="keda"))
+    keda = render(load(SKETCH), SETTINGS.model_copy(update={"autoscaler": "keda"}))
     assert "trip-metrics-step-by-region" in by_kind(keda.manifests, "ScaledObject")
     assert "trip-metrics-step-by-region" not in by_kind(keda.manifests, "HorizontalPodAutoscaler")
 
@@ -249,7 +248,7 @@ def test_hpa_cannot_scale_to_zero_keda_can() -> None:
         == 1
     )
     assert "needs KEDA" in hpa.scales["by-region"].message
-    keda = render(edited(SKETCH, zero), replace(SETTINGS, autoscaler="keda"))
+    keda = render(edited(SKETCH, zero), SETTINGS.model_copy(update={"autoscaler": "keda"}))
     assert (
         by_kind(keda.manifests, "ScaledObject")["trip-metrics-step-by-region"]["spec"][
             "minReplicaCount"
@@ -259,7 +258,9 @@ def test_hpa_cannot_scale_to_zero_keda_can() -> None:
 
 
 def test_topics_strimzi_version_cluster_label_and_join_changelog() -> None:
-    out = render(load(FULL), replace(SETTINGS, strimzi_api_version="kafka.strimzi.io/v1beta2"))
+    out = render(
+        load(FULL), SETTINGS.model_copy(update={"strimzi_api_version": "kafka.strimzi.io/v1beta2"})
+    )
     topics = by_kind(out.manifests, "KafkaTopic")
     for topic in topics.values():
         assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
@@ -366,7 +367,7 @@ def test_pod_disruption_budgets_and_pod_monitor_when_asked() -> None:
     pdbs = by_kind(render(edited(SKETCH, annotate), SETTINGS).manifests, "PodDisruptionBudget")
     assert set(pdbs) == {"trip-metrics-step-by-region", "trip-metrics-api"}
     assert pdbs["trip-metrics-api"]["spec"]["maxUnavailable"] == 1
-    settings = replace(SETTINGS, pod_disruption_budgets=True, pod_monitor=True)
+    settings = SETTINGS.model_copy(update={"pod_disruption_budgets": True, "pod_monitor": True})
     out = render(load(SKETCH), settings)
     assert len(by_kind(out.manifests, "PodDisruptionBudget")) == 2
     monitor = by_kind(out.manifests, "PodMonitor")["trip-metrics"]

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
 from flowmill.manifest import load_pipelines
+from flowmill.settings import ENV_PREFIX
 from flowmill_operator import naming
 from flowmill_operator.render import Rendered, render
 from flowmill_operator.runner import operator_kwargs
 from flowmill_operator.settings import (
     OperatorSettings,
     RenderSettings,
-    operator_settings_from_env,
 )
 from flowmill_operator.status import (
     Observation,
@@ -227,26 +228,35 @@ def test_invalid_spec_keeps_describing_the_running_generation() -> None:
     assert status["observedGeneration"] == 4
 
 
-def test_settings_from_environment() -> None:
-    settings = operator_settings_from_env(
-        {
-            "FLOWMILL_WATCH_NAMESPACES": "team-a, team-b",
-            "FLOWMILL_STRIMZI_API_VERSION": "kafka.strimzi.io/v1beta2",
-            "FLOWMILL_AUTOSCALER": "keda",
-            "FLOWMILL_IMAGE": "registry.example/flowmill:9",
-            "FLOWMILL_PDB": "true",
-            "FLOWMILL_POD_MONITORS": "never",
-            "FLOWMILL_PEERING": "flowmill",
-            "FLOWMILL_PEERING_PRIORITY": "7",
-            "FLOWMILL_DEFAULT_KAFKA_CLUSTER": "events",
-        }
-    )
+def without_flowmill_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    without_flowmill_env(monkeypatch)
+    assert OperatorSettings.from_env().render == RenderSettings()
+    for name, value in {
+        "FLOWMILL_WATCH_NAMESPACES": "team-a, team-b",
+        "FLOWMILL_STRIMZI_API_VERSION": "kafka.strimzi.io/v1beta2",
+        "FLOWMILL_AUTOSCALER": "keda",
+        "FLOWMILL_IMAGE": "registry.example/flowmill:9",
+        "FLOWMILL_PDB": "true",
+        "FLOWMILL_POD_MONITORS": "never",
+        "FLOWMILL_PEERING": "flowmill",
+        "FLOWMILL_PEERING_PRIORITY": "7",
+        "FLOWMILL_DEFAULT_KAFKA_CLUSTER": "events",
+        "FLOWMILL_DEFAULT_REDIS_URL": "",  # empty, as the chart leaves it: unset
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = OperatorSettings.from_env()
     assert settings.namespaces == ("team-a", "team-b") and not settings.clusterwide
     assert settings.render.strimzi_api_version == "kafka.strimzi.io/v1beta2"
     assert settings.render.autoscaler == "keda"
     assert settings.render.image == "registry.example/flowmill:9"
     assert settings.render.pod_disruption_budgets is True
     assert settings.render.default_kafka_cluster == "events"
+    assert settings.render.default_redis_url is None
     assert settings.pod_monitors == "never"
     assert operator_kwargs(settings) == {
         "liveness_endpoint": None,
@@ -255,17 +265,27 @@ def test_settings_from_environment() -> None:
         "priority": 7,
         "standalone": False,
     }
-    for everything in ({}, {"FLOWMILL_WATCH_NAMESPACES": "*"}):
-        wide = operator_settings_from_env(everything)
+    # Flags win over the environment.
+    flagged = OperatorSettings.from_env(namespaces=(), render=RenderSettings.from_env(image="i:1"))
+    assert flagged.clusterwide and flagged.render.image == "i:1"
+    assert flagged.render.autoscaler == "keda"
+    for everything in ("", "*"):
+        without_flowmill_env(monkeypatch)
+        monkeypatch.setenv("FLOWMILL_WATCH_NAMESPACES", everything)
+        wide = OperatorSettings.from_env()
         assert wide.clusterwide
         assert operator_kwargs(wide) == {
             "liveness_endpoint": None,
             "clusterwide": True,
             "standalone": True,
         }
-    assert operator_settings_from_env({}).render == RenderSettings()
+    monkeypatch.setenv("FLOWMILL_AUTOSCALER", "vpa")
     with pytest.raises(ValueError, match="FLOWMILL_AUTOSCALER"):
-        operator_settings_from_env({"FLOWMILL_AUTOSCALER": "vpa"})
-    # Replicas of one Deployment never tie on priority (Kopf would pause them all).
+        OperatorSettings.from_env()
+    monkeypatch.setenv("FLOWMILL_AUTOSCALER", "hpa")
+    monkeypatch.setenv("FLOWMILL_PDB", "maybe")
+    with pytest.raises(ValueError, match="FLOWMILL_PDB"):
+        RenderSettings.from_env()
+    without_flowmill_env(monkeypatch)
     kwargs = operator_kwargs(OperatorSettings(peering="p"))
     assert 1 <= kwargs["priority"] <= 1_000_000

@@ -3,8 +3,6 @@ and that the record of created topics survives a sync that could not run."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from flowmill.manifest import parse_pipeline
 from flowmill.spec import Pipeline
 from flowmill_operator.render import render
@@ -32,7 +30,7 @@ def pipeline(mode: str | None) -> Pipeline:
 def status(
     p: Pipeline, seen: Observation, previous: dict | None = None, **settings: object
 ) -> dict:
-    rendered = render(p, replace(TEST_RENDER, **settings), namespace=NS)  # type: ignore[arg-type]
+    rendered = render(p, TEST_RENDER.model_copy(update=settings), namespace=NS)
     return pipeline_status(
         p, rendered, seen, namespace=NS, generation=1, previous=previous or {}, prune_errors=[]
     )
