@@ -37,8 +37,9 @@ from kubernetes.client.rest import ApiException
 from flowmill.local import ComponentMissing, cache_dir, find_binary
 from flowmill.local.ports import StartStop, free_ports, spawn, tail, terminate
 from tests.harness import node_host
-from tests.harness.kube import KubeControlPlane, NodeAddress, wait_for, wait_started
+from tests.harness.kube import KubeControlPlane, NodeAddress, wait_started
 from tests.harness.node_services import NodeKafka, NodeRedis
+from tests.harness.waiting import wait_for
 
 NETNS_ENV = "FLOWMILL_NETNS"
 # Set to a directory to keep the components' logs there after teardown (post-mortems).
