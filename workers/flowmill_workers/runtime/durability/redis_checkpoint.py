@@ -319,7 +319,8 @@ class RedisCheckpoint(Durability):
             "the Redis state was lost; rebuilding from offset %d (unready meanwhile)",
             self.table.table, tp, reached, earliest,
         )  # fmt: skip
-        status = {f"rebuilding:{field}": reached}
+        # Hash values are strings; the offset reached is kept as its decimal text.
+        status: dict[str, str] = {f"rebuilding:{field}": str(reached)}
         if earliest > 0:
             # Kafka deleted the beginning: the rebuilt windows or rows from before the
             # earliest offset are incomplete, and readers are told so.
