@@ -82,8 +82,9 @@ provision_prometheus_adapter() {
     return
   fi
   say "prometheus-adapter $PROMETHEUS_ADAPTER_VERSION: building from the Go module proxy (first time takes minutes)"
-  CGO_ENABLED=0 GOBIN="$BIN" go install -trimpath -ldflags "-s -w" \
-    "sigs.k8s.io/prometheus-adapter/cmd/adapter@$PROMETHEUS_ADAPTER_VERSION"
+  # `go install ...@version` asks the proxy for the module's version list, which it refuses
+  # for this module (403); an exact-version download followed by a build in its source works.
+  go_build_in_module sigs.k8s.io/prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION" ./cmd/adapter "$BIN/adapter" "-s -w"
   put_stamp prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION"
 }
 
@@ -169,6 +170,16 @@ provision_helm() {
   put_stamp helm "$HELM_VERSION"
 }
 
+go_build_in_module() {  # go_build_in_module MODULE VERSION PACKAGE OUTPUT LDFLAGS
+  # Builds inside the module source that `go mod download` fetched for one exact version:
+  # that honours the module's own replace directives, which `go install ...@version` refuses.
+  local module=$1 version=$2 pkg=$3 out=$4 ldflags=$5 dir
+  dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$module@$version" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -o "$out.tmp" -ldflags "$ldflags" "$pkg")
+  mv "$out.tmp" "$out"
+}
+
 provision_skaffold() {
   # `go install ...@version` refuses skaffold (its go.mod has replace directives); building
   # inside the module source that `go mod download` fetched honours them.
@@ -177,11 +188,9 @@ provision_skaffold() {
     return
   fi
   say "skaffold $SKAFFOLD_VERSION: building from the Go module proxy (first time takes minutes)"
-  local module=github.com/GoogleContainerTools/skaffold/v2 dir
-  dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$module@$SKAFFOLD_VERSION" \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
-  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -o "$BIN/skaffold" -ldflags "-s -w \
--X $module/pkg/skaffold/version.version=$SKAFFOLD_VERSION" ./cmd/skaffold)
+  local module=github.com/GoogleContainerTools/skaffold/v2
+  go_build_in_module "$module" "$SKAFFOLD_VERSION" ./cmd/skaffold "$BIN/skaffold" \
+    "-s -w -X $module/pkg/skaffold/version.version=$SKAFFOLD_VERSION"
   put_stamp skaffold "$SKAFFOLD_VERSION"
 }
 
