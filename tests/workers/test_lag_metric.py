@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.spec import consumer_group
+from flowmill_workers.runtime.metrics import WorkerMetrics
 from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 from tests.harness.waiting import unique
 from tests.workers.harness import create_topics, pipeline, produce
@@ -25,6 +26,24 @@ def lag_samples(runner: StepRunner) -> dict[int, dict[str, str]]:
         if family.name == "flowmill_consumer_lag"
         for sample in family.samples
     }
+
+
+def test_a_report_replaces_the_partitions_reported_before() -> None:
+    """What a worker reports is its assignment at the report, not every partition it ever
+    held: one that went away in between (a rebalance during a position lookup) is gone."""
+    metrics = WorkerMetrics("p", "s")
+    metrics.report_lag({("t", 0): 5, ("t", 1): 7, ("t", 2): 1})
+    metrics.report_lag({("t", 1): 3})
+    reported = {
+        (s.labels["partition"], s.value)
+        for family in metrics.registry.collect()
+        if family.name == "flowmill_consumer_lag"
+        for s in family.samples
+    }
+    assert reported == {("1", 3.0)}
+    metrics.forget_lag("t", 1)
+    metrics.report_lag({("t", 2): 4})
+    assert {s.labels["partition"] for s in metrics.consumer_lag.collect()[0].samples} == {"2"}
 
 
 async def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

@@ -23,6 +23,7 @@ class WorkerMetrics:
         # The consumer group too, so that the gauge maps 1:1 onto what kafka-exporter and
         # KMinion report (consumergroup/topic/partition) for the same lag.
         self._lag_values = (pipeline, component, consumer_group(pipeline, component))
+        self._lag_reported: set[tuple[str, int]] = set()
         r = self.registry
         self.events_in = Counter("flowmill_events_in", "Events consumed.", labels, registry=r)
         self.events_out = Counter(
@@ -92,10 +93,20 @@ class WorkerMetrics:
         """The metric's child for this worker."""
         return metric.labels(*self._values)
 
+    def report_lag(self, lags: dict[tuple[str, int], int]) -> None:
+        """Report exactly these (topic, partition) lags: partitions reported before but
+        missing now are removed, since a lost partition's last value would count on as lag
+        (and keep the step's autoscaler from scaling down)."""
+        for topic, partition in self._lag_reported - lags.keys():
+            self.forget_lag(topic, partition)
+        for (topic, partition), value in lags.items():
+            self.lag(topic, partition, value)
+
     def lag(self, topic: str, partition: int, value: int) -> None:
+        self._lag_reported.add((topic, partition))
         self.consumer_lag.labels(*self._lag_values, topic, str(partition)).set(value)
 
     def forget_lag(self, topic: str, partition: int) -> None:
-        """Stop reporting a partition this worker lost: its last value would otherwise
-        count on as lag (and keep the step's autoscaler from scaling down)."""
+        """Stop reporting a partition this worker lost."""
+        self._lag_reported.discard((topic, partition))
         self.consumer_lag.remove(*self._lag_values, topic, str(partition))

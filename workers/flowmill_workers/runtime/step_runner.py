@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import IllegalStateError
 
 from flowmill.spec import Pipeline, StepSpec
 from flowmill.spec.topology import consumer_group
@@ -254,9 +255,19 @@ class StepRunner:
         """Lag per partition: the consumer's position, not the last record + 1, because a
         transactional input ends in a commit marker the position steps over."""
         assert self.consumer is not None
+        lags: dict[TopicPartition, int] = {}
         for tp in self.consumer.assignment():
             high = self.consumer.last_stable_offset(tp) or self.consumer.highwater(tp)
             if high is None:
                 continue
-            position = await self.consumer.position(tp)
-            self.metrics.lag(tp.topic, tp.partition, max(0, high - position))
+            try:
+                position = await self.consumer.position(tp)
+            except IllegalStateError:
+                continue  # revoked while we waited for its position
+            lags[tp] = max(0, high - position)
+        # position() can wait through a rebalance: report only what is still owned after
+        # the last await, or a partition revoked meanwhile would come back and stay.
+        owned = self.consumer.assignment()
+        self.metrics.report_lag(
+            {(tp.topic, tp.partition): lag for tp, lag in lags.items() if tp in owned}
+        )
