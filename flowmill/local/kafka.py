@@ -168,6 +168,15 @@ class EmbeddedKafka(StartStop):
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
 
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would: no clean shutdown, nothing removed.
+        start() then recovers the same data (given data_dir) on the same port (given
+        port), which is how tests restart a broker under running clients."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
     def _kill(self) -> None:
         if self._proc is not None:
             # A broker shuts down cleanly in a few seconds; beyond that it is stuck.

@@ -3,10 +3,10 @@ topic): outputs, changelog and consumer offsets go in one Kafka transaction, so 
 is either wholly visible to read_committed consumers and consumed, or neither.
 
 A transaction can still be completing when the group rebalances (a broker restarted
-under it): the loop waits for it (settle) before partitions are revoked, and a partition
-assigned again resumes at the later of the group's committed offset and the one this
-worker's own last committed transaction moved it to, so a commit the group coordinator
-has not made visible yet is never re-read."""
+under it): the loop waits for this worker's own one (settle) before partitions are
+revoked, and an assigned partition resumes at its committed offset as read once no
+transaction, this worker's or a predecessor's, is still committing it (stable_offsets):
+a plain read would return the offset from before that transaction and re-read its batch."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 from flowmill.spec.topology import step_transactional_id
 from flowmill_workers.runtime.batch_compute import PartitionResult
 from flowmill_workers.runtime.durability.base import Durability, Resume, next_offsets
+from flowmill_workers.runtime.durability.stable_offsets import stable_committed
 from flowmill_workers.steps.correlate import Correlator
 
 
@@ -31,32 +32,22 @@ class KafkaTransaction(Durability):
         instance = os.environ.get("HOSTNAME", socket.gethostname())
         self.transactional_id = step_transactional_id(pipeline, step, instance)
         self._writing = asyncio.Lock()
-        self._committed: dict[TopicPartition, int] = {}
 
     async def settle(self) -> None:
         async with self._writing:
             pass
 
     async def on_assigned(self, partitions: list[TopicPartition]) -> Resume:
-        resume: Resume = {}
-        for tp in partitions:
-            own = self._committed.get(tp)
-            if own is None:
-                continue
-            group = await self.consumer.committed(tp)
-            if group is None or group < own:
-                resume[tp] = (own, None)
-        return resume
+        committed = await stable_committed(self.consumer, self.group, partitions)
+        # A partition the group never committed starts where the loop's default puts it.
+        return {tp: (o, None) for tp, o in committed.items() if o is not None}
 
     async def write(self, results: list[PartitionResult]) -> Resume:
         producer = self.outputs.producer
         offsets = next_offsets(results)
-        async with self._writing:
-            async with producer.transaction():
-                await self.outputs.send(results)
-                if self.changelog is not None:
-                    await self.changelog.write_changelog(producer)
-                await producer.send_offsets_to_transaction(offsets, self.group)
-            for tp, o in offsets.items():
-                self._committed[tp] = o.offset
+        async with self._writing, producer.transaction():
+            await self.outputs.send(results)
+            if self.changelog is not None:
+                await self.changelog.write_changelog(producer)
+            await producer.send_offsets_to_transaction(offsets, self.group)
         return {}
