@@ -100,9 +100,14 @@ def test_admin_mode_creates_grows_refuses_shrink_and_deletes_only_its_own(
         TIMEOUT,
         "partitions to grow to 4",
     )
-    assert any(
-        e["reason"] == "TopicsUpdated" and f"{events}: partitions 2 -> 4" in e["message"]
-        for e in cluster.events(op_namespace, "admin-topics")
+    # The operator posts the Event after Kafka has grown the topic: wait for it too.
+    wait_for(
+        lambda: any(
+            e["reason"] == "TopicsUpdated" and f"{events}: partitions 2 -> 4" in e["message"]
+            for e in cluster.events(op_namespace, "admin-topics")
+        ),
+        TIMEOUT,
+        "a TopicsUpdated Event naming the grown topic",
     )
 
     # Shrink: refused, with a condition and an Event naming the topic and both counts.
