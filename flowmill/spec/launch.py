@@ -29,6 +29,8 @@ WORKER_METRICS_PORT = 9400
 """A worker's /metrics, /healthz and /readyz."""
 API_PORT = 8000
 """The serving API."""
+POD_LISTEN_ADDRESS = "0.0.0.0"
+"""Where servers in a pod listen: the kubelet's probes and Services reach the pod's IP."""
 
 
 def worker_args(
@@ -53,10 +55,17 @@ def worker_args(
 
 
 def api_args(
-    pipeline_file: str, *, port: int = API_PORT, redis_url: str | None = None
+    pipeline_file: str,
+    *,
+    port: int = API_PORT,
+    redis_url: str | None = None,
+    host: str | None = None,
 ) -> list[str]:
-    """Arguments of `flowmill` that serve a Pipeline's API."""
+    """Arguments of `flowmill` that serve a Pipeline's API; `host` unset: the command's
+    default, loopback (right for `flowmill run`, not for a pod)."""
     args = ["api", "--pipeline", pipeline_file, "--port", str(port)]
+    if host is not None:
+        args += ["--host", host]
     if redis_url is not None:
         args += ["--redis-url", redis_url]
     return args

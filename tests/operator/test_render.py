@@ -128,7 +128,16 @@ def test_worker_and_api_command_lines() -> None:
     source = deployments["trip-metrics-source-replay"]["spec"]["template"]["spec"]["containers"][0]
     assert source["args"][-2:] == ["--source", "replay"]
     api = deployments["trip-metrics-api"]["spec"]["template"]["spec"]["containers"][0]
-    assert api["args"] == ["api", "--pipeline", naming.PIPELINE_FILE, "--port", str(API_PORT)]
+    # All addresses: the kubelet probes, and the Service forwards to, the pod's IP.
+    assert api["args"] == [
+        "api",
+        "--pipeline",
+        naming.PIPELINE_FILE,
+        "--port",
+        str(API_PORT),
+        "--host",
+        "0.0.0.0",
+    ]
 
 
 def test_redis_secret_ref_and_s3_credentials_come_from_secrets() -> None:

@@ -12,6 +12,7 @@ from flowmill.spec import (
     API_PORT,
     ENV_API_KEYS_DIR,
     ENV_BOOTSTRAP_SERVERS,
+    POD_LISTEN_ADDRESS,
     WORKER_METRICS_PORT,
     WORKING_DIR,
     SourceSpec,
@@ -123,7 +124,7 @@ def api_deployment(ctx: RenderContext) -> Manifest:
     container = _container(
         ctx,
         "api",
-        api_args(naming.PIPELINE_FILE, port=API_PORT),
+        api_args(naming.PIPELINE_FILE, port=API_PORT, host=POD_LISTEN_ADDRESS),
         port_name="http",
         port=API_PORT,
         env=env,
