@@ -24,6 +24,8 @@ def test_operator_is_a_ready_pod_of_the_local_image(
     assert pod.spec.node_name == kube_node.name
     (container,) = pod.spec.containers
     assert container.image == kube_node.images.flowmill
+    # Ready because Kopf answers its health endpoint, not merely because the process started.
+    assert container.readiness_probe.http_get.path == "/healthz"
     (status,) = pod.status.container_statuses
     assert status.ready and status.restart_count == 0, status
     assert_restricted(node_api_client, flowmill_release.namespace, [pod])
