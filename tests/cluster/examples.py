@@ -25,7 +25,7 @@ from flowmill.local import find_binary
 from flowmill.spec import API_PORT
 from flowmill_operator import naming
 from tests.cluster.release import describe_pods, pod_ready, run_tool
-from tests.examples.harness import EXAMPLES, rename_topics
+from tests.examples.harness import EXAMPLES, RENAME_PREFIX, rename_topics
 from tests.harness.node import KubeNode
 from tests.harness.node_fixtures import POD_SECURITY
 from tests.harness.waiting import unique, wait_for
@@ -69,7 +69,7 @@ def load(
     """k8s/examples/cluster/{name}.yaml, renamed and edited (see the module docstring)."""
     docs = [d for d in yaml.safe_load_all((CLUSTER_EXAMPLES / f"{name}.yaml").read_text()) if d]
     example = ClusterExample(name, namespace, docs, into / f"{name}.yaml")
-    rename_topics(example.pipeline, unique("run"))
+    rename_topics(example.pipeline, unique(RENAME_PREFIX))
     for doc in docs:
         if doc.get("kind") == "Deployment":
             for c in doc["spec"]["template"]["spec"]["containers"]:

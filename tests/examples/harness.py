@@ -30,6 +30,8 @@ from tests.harness.waiting import unique, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "k8s" / "examples"
+# The suffix of every renamed copy: unique(RENAME_PREFIX).
+RENAME_PREFIX = "run"
 
 
 def rename_topics(doc: dict[str, Any], suffix: str) -> None:
@@ -62,7 +64,7 @@ def example_copy(
     """k8s/examples/{name}.yaml and its data folder copied under `into`, renamed (see the
     module docstring) and optionally edited (faster rates, a `count` for generators)."""
     doc = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
-    rename_topics(doc, unique("run"))
+    rename_topics(doc, unique(RENAME_PREFIX))
     if edit is not None:
         edit(doc)
     data = EXAMPLES / "data" / name
@@ -84,7 +86,8 @@ def topic(doc_or_run: dict[str, Any] | LocalRun, base: str) -> str:
         if isinstance(doc_or_run, LocalRun)
         else [t["name"] for t in doc_or_run["spec"]["topics"]]
     )
-    return next(n for n in names if n.rsplit("-", 1)[0] == base)
+    # Renamed names end in the suffix unique(RENAME_PREFIX) made: "-run-<hex>".
+    return next(n for n in names if n.rsplit("-", 2)[:2] == [base, RENAME_PREFIX])
 
 
 @contextmanager
