@@ -22,6 +22,8 @@ from aiokafka.structs import OffsetAndMetadata
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.ports import free_port
 from flowmill.local.redis import EmbeddedRedis
+from flowmill.spec.topology import consumer_group
+from flowmill_workers.runtime.durability import stable_offsets
 from flowmill_workers.runtime.durability.stable_offsets import OffsetsNotStable, stable_committed
 from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 from tests.harness.waiting import unique
@@ -163,3 +165,38 @@ async def test_offsets_a_transaction_is_committing_are_not_read_before_it_ends(
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+async def test_offsets_that_never_settle_end_the_step(
+    kafka_broker: EmbeddedKafka, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction that keeps the step's offsets pending beyond the bound: the step
+    does not read the partition from an unsettled offset, and run() raises (the worker
+    exits, Kubernetes restarts it), although aiokafka only logs a listener's error."""
+    name = unique("unsettled")
+    out = f"{name}-out"
+    p = pipeline(
+        name, [{"name": name}, {"name": out}],
+        [{"name": "copy", "from": name, "sink": {"kafka": {"topic": out}}}],
+    )  # fmt: skip
+    create_topics(kafka_broker, p)
+    bootstrap = kafka_broker.bootstrap_servers
+    await produce(bootstrap, name, [{"id": i} for i in range(10)])
+    monkeypatch.setattr(stable_offsets, "STABLE_TIMEOUT", 3.0)
+    foreign = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{name}-other")
+    await foreign.start()
+    try:
+        await foreign.begin_transaction()
+        group = consumer_group(p.name, "copy")
+        await foreign.send_offsets_to_transaction({TopicPartition(name, 0): 4}, group)
+        runner = StepRunner(p, "copy", WorkerConfig(bootstrap))
+        await runner.start()
+        try:
+            with pytest.raises(OffsetsNotStable, match="not stable within 3s"):
+                await asyncio.wait_for(runner.run(asyncio.Event()), timeout=60)
+            assert counter_value(runner, "events_in") == 0
+        finally:
+            await runner.stop()
+        await foreign.abort_transaction()
+    finally:
+        await foreign.stop()

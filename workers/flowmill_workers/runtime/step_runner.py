@@ -73,6 +73,9 @@ class StepRunner:
         self.assigning: set[TopicPartition] = set()
         """Partitions whose start position is being decided: the loop, which runs
         concurrently with the rebalance listener, leaves their records alone."""
+        self.assign_failed: BaseException | None = None
+        """Why deciding start positions failed: aiokafka only logs a listener's error, so
+        the loop raises it (the partitions stay in `assigning`, never read unpositioned)."""
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -136,6 +139,8 @@ class StepRunner:
         writing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
+                if self.assign_failed is not None:
+                    raise self.assign_failed
                 if writing is not None and writing.done():
                     # A failed write raises here at once, not when the next batch comes.
                     writing.result()
@@ -204,8 +209,10 @@ class StepRunner:
         self.assigning.update(assigned)
         try:
             await self._position(assigned)
-        finally:
-            self.assigning.difference_update(assigned)
+        except Exception as err:
+            self.assign_failed = err
+            raise
+        self.assigning.difference_update(assigned)
         correlator = self.compute.correlator
         if correlator is not None:
             # aiokafka keeps fetching while this listener runs: hold the partitions until

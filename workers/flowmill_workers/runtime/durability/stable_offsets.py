@@ -116,10 +116,12 @@ async def stable_committed(
     consumer: AIOKafkaConsumer,
     group: str,
     partitions: list[TopicPartition],
-    timeout: float = STABLE_TIMEOUT,
+    timeout: float | None = None,
 ) -> dict[TopicPartition, int | None]:
     """Each partition's committed offset (None: none yet) once no transaction holds a
-    pending commit for it; OffsetsNotStable after `timeout` seconds."""
+    pending commit for it; OffsetsNotStable after `timeout` (STABLE_TIMEOUT) seconds."""
+    if timeout is None:
+        timeout = STABLE_TIMEOUT
     # The consumer's own client: already bootstrapped, and its connections are reused.
     client: Any = consumer._client
     deadline = time.monotonic() + timeout
