@@ -190,6 +190,10 @@ def _container(
         # A template's resources replace these (render/pod_template.py).
         "resources": {"requests": DEFAULT_REQUESTS, "limits": DEFAULT_LIMITS},
         # /healthz says the process loop is alive, /readyz that it consumes (or serves).
+        # The startup probe holds the liveness probe off while Python imports (numpy,
+        # pyarrow, aiokafka take seconds on a busy node): up to 2 minutes to answer once,
+        # instead of a restart loop for a pod that was only slow to start.
+        "startupProbe": _probe("/healthz", port_name, period=2, failures=60, delay=0),
         "livenessProbe": _probe("/healthz", port_name, period=10, failures=3),
         "readinessProbe": _probe("/readyz", port_name, period=5, failures=2),
         "securityContext": CONTAINER_SECURITY_CONTEXT,
@@ -204,10 +208,10 @@ def _container(
     return container
 
 
-def _probe(path: str, port: str, *, period: int, failures: int) -> Manifest:
+def _probe(path: str, port: str, *, period: int, failures: int, delay: int = 5) -> Manifest:
     return {
         "httpGet": {"path": path, "port": port},
-        "initialDelaySeconds": 5,
+        "initialDelaySeconds": delay,
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
