@@ -209,13 +209,12 @@ def _container(
 
 
 def _probe(path: str, port: str, *, period: int, failures: int, delay: int = 5) -> Manifest:
-    return {
-        "httpGet": {"path": path, "port": port},
-        "initialDelaySeconds": delay,
-        "periodSeconds": period,
-        "timeoutSeconds": 2,
-        "failureThreshold": failures,
-    }
+    probe: Manifest = {"httpGet": {"path": path, "port": port}}
+    # The apiserver drops a zero initialDelaySeconds (its default), so rendering one would
+    # read back as drift on every resync.
+    if delay:
+        probe["initialDelaySeconds"] = delay
+    return {**probe, "periodSeconds": period, "timeoutSeconds": 2, "failureThreshold": failures}
 
 
 def _deployment(
