@@ -264,6 +264,10 @@ class StepRunner:
         assert self.consumer is not None
         lags: dict[TopicPartition, int] = {}
         for tp in self.consumer.assignment():
+            if tp in self.assigning:
+                # Until on_assigned seeks it, its position is the consumer's reset
+                # (auto_offset_reset, the end): a lag of 0 that is not true.
+                continue
             high = self.consumer.last_stable_offset(tp) or self.consumer.highwater(tp)
             if high is None:
                 continue
@@ -272,9 +276,14 @@ class StepRunner:
             except IllegalStateError:
                 continue  # revoked while we waited for its position
             lags[tp] = max(0, high - position)
-        # position() can wait through a rebalance: report only what is still owned after
-        # the last await, or a partition revoked meanwhile would come back and stay.
+        # position() can wait through a rebalance: report only what is still owned (and
+        # positioned) after the last await, or a partition revoked meanwhile would come
+        # back and stay.
         owned = self.consumer.assignment()
         self.metrics.report_lag(
-            {(tp.topic, tp.partition): lag for tp, lag in lags.items() if tp in owned}
+            {
+                (tp.topic, tp.partition): lag
+                for tp, lag in lags.items()
+                if tp in owned and tp not in self.assigning
+            }
         )
