@@ -316,7 +316,12 @@ class MetricsStack(StartStop):
                 return any(c.type == "Available" and c.status == "True" for c in conditions)
 
             try:
-                wait_for(available, self.start_timeout, f"APIService {APISERVICE} Available", 0.5)
+                wait_for(
+                    available,
+                    self.start_timeout,
+                    f"APIService {APISERVICE} Available",
+                    interval=0.5,
+                )
             except TimeoutError as err:
                 got = registration.read_api_service(APISERVICE)
                 raise TimeoutError(f"{err}: {got.status}") from None
@@ -375,5 +380,5 @@ def wait_seconds(
 ) -> float:
     """Poll probe() until truthy; the seconds it took (for the benchmark's figures)."""
     began = time.monotonic()
-    wait_for(probe, timeout, what, interval)
+    wait_for(probe, timeout, what, interval=interval)
     return time.monotonic() - began
