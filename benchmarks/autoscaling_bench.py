@@ -14,8 +14,9 @@ Target: decision <= 45 s, no flapping. It starts its own node, so it must run in
 namespace of its own (as `scripts/cluster.sh test` gives pytest):
 
     sudo ip netns add fm-bench && sudo ip -n fm-bench link set lo up
-    sudo ip netns exec fm-bench env FLOWMILL_NETNS=fm-bench \\
-        .venv/bin/python benchmarks/autoscaling_bench.py --steady-minutes 10
+    sudo env FLOWMILL_NETNS=fm-bench PATH=$HOME/.cache/flowmill/bin:$PATH \\
+        nsenter --net=/run/netns/fm-bench -- .venv/bin/python benchmarks/autoscaling_bench.py \\
+        --steady-minutes 10
     sudo ip netns del fm-bench
 """
 
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flowmill_operator.runner import OperatorThread
 from flowmill_operator.settings import OperatorSettings, RenderSettings
 from tests.cluster.test_autoscaling import (
+    BURST,
     LAG_PER_REPLICA,
     PARTITIONS,
     Step,
@@ -45,9 +47,9 @@ from tests.cluster.test_autoscaling import (
     pipeline_manifest,
     started,
 )
-from tests.harness.kube import wait_for
 from tests.harness.metrics_stack import MetricsStack
 from tests.harness.node import KubeNode
+from tests.harness.waiting import wait_for
 from tests.operator.fixtures import PIPELINE_CRD
 from tests.workers.harness import produce
 
@@ -89,7 +91,7 @@ async def steady_load(step: Step, bootstrap: str, topic: str, rate: float, secon
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--burst", type=int, default=200_000, help="events in the burst")
+    parser.add_argument("--burst", type=int, default=BURST, help="events in the burst")
     parser.add_argument("--steady-minutes", type=float, default=10.0)
     args = parser.parse_args()
 
@@ -154,7 +156,7 @@ def main() -> int:
             asyncio.run(steady_load(step, bootstrap, topic, rate, args.steady_minutes * 60))
             values = [d for t, d in step.watch.desired if t >= steady_began]
             events = sum(1 for a, b in itertools.pairwise(values) if a != b)
-            wait_for(lambda: step.lag() == 0, 600, "the steady load to drain", 2)
+            wait_for(lambda: step.lag() == 0, 600, "the steady load to drain", interval=2)
     finally:
         if thread is not None:
             thread.stop()
