@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import ssl
 import subprocess
 import threading
 import time
@@ -40,7 +39,7 @@ from flowmill.local import ComponentMissing, find_binary
 from flowmill.local.ports import LOOPBACK, StartStop, free_ports, spawn, terminate
 from tests.harness.kube import wait_started
 from tests.harness.node import NODE_IP, KubeNode
-from tests.harness.waiting import wait_for
+from tests.harness.waiting import http_ok, https_ok, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART_FILES = ROOT / "charts" / "flowmill" / "files"
@@ -239,7 +238,7 @@ class MetricsStack(StartStop):
                 "--log.level=warn",
             ],
         )
-        self._wait("prometheus", lambda: _http_ok(f"{self.prometheus_url}/-/ready"))
+        self._wait("prometheus", lambda: http_ok(f"{self.prometheus_url}/-/ready"))
 
     def _start_adapter(self, binary: Path, kubeconfig: Path) -> None:
         assert self.dir is not None and self.prometheus_url is not None
@@ -264,7 +263,7 @@ class MetricsStack(StartStop):
                 "--v=2",
             ],
         )
-        self._wait("prometheus-adapter", lambda: _https_ok(f"https://{NODE_IP}:{port}/readyz"))
+        self._wait("prometheus-adapter", lambda: https_ok(f"https://{NODE_IP}:{port}/readyz"))
 
     def _register(self) -> None:
         assert self.adapter_port is not None
@@ -354,25 +353,6 @@ def _create(make: Callable[[], object]) -> None:
     except ApiException as e:
         if e.status != 409:
             raise
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except (OSError, urllib.error.HTTPError):
-        return False
-
-
-def _https_ok(url: str) -> bool:
-    insecure = ssl.create_default_context()
-    insecure.check_hostname = False
-    insecure.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(url, timeout=2, context=insecure) as resp:
-            return bool(resp.status == 200)
-    except (OSError, urllib.error.HTTPError):
-        return False
 
 
 def wait_seconds(

@@ -20,11 +20,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +36,7 @@ from flowmill.local.ports import StartStop, free_ports, spawn, tail, terminate
 from tests.harness import node_host
 from tests.harness.kube import KubeControlPlane, NodeAddress, wait_started
 from tests.harness.node_services import NodeKafka, NodeRedis
-from tests.harness.waiting import wait_for
+from tests.harness.waiting import http_ok, https_ok, wait_for
 
 NETNS_ENV = "FLOWMILL_NETNS"
 # Set to a directory to keep the components' logs there after teardown (post-mortems).
@@ -315,7 +312,7 @@ class KubeNode(StartStop):
             )
         )
         self._spawn("registry", [str(binaries.registry), "serve", str(config)])
-        self._wait("registry", lambda: _http_ok(f"http://{REGISTRY}/v2/"))
+        self._wait("registry", lambda: http_ok(f"http://{REGISTRY}/v2/"))
 
     def _start_containerd(self, binaries: _Binaries) -> None:
         assert self.images is not None
@@ -409,7 +406,7 @@ class KubeNode(StartStop):
                 f"--v={self.log_level}",
             ],
         )
-        self._wait("kube-scheduler", lambda: _https_ok(f"https://127.0.0.1:{port}/healthz"))
+        self._wait("kube-scheduler", lambda: https_ok(f"https://127.0.0.1:{port}/healthz"))
 
     def _start_kubelet(self, binaries: _Binaries) -> None:
         cp = self.control_plane
@@ -476,7 +473,7 @@ class KubeNode(StartStop):
                 f"--v={self.log_level}",
             ],
         )
-        self._wait("kubelet", lambda: _http_ok(f"http://127.0.0.1:{healthz_port}/healthz"))
+        self._wait("kubelet", lambda: http_ok(f"http://127.0.0.1:{healthz_port}/healthz"))
 
     def _start_proxy(self, binaries: _Binaries) -> None:
         cp = self.control_plane
@@ -510,7 +507,7 @@ class KubeNode(StartStop):
             "kube-proxy",
             [str(binaries.proxy), f"--config={config_path}", f"--v={self.log_level}"],
         )
-        self._wait("kube-proxy", lambda: _http_ok(f"http://127.0.0.1:{healthz_port}/healthz"))
+        self._wait("kube-proxy", lambda: http_ok(f"http://127.0.0.1:{healthz_port}/healthz"))
 
     def _wait_node_ready(self) -> None:
         with self.api_client() as api_client:
@@ -696,22 +693,3 @@ def _keep_logs(run_dir: Path, keep_in: str | None) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log, dest)
     print(f"[node] logs kept in {target}")
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except (OSError, urllib.error.HTTPError):
-        return False
-
-
-def _https_ok(url: str) -> bool:
-    insecure = ssl.create_default_context()
-    insecure.check_hostname = False
-    insecure.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(url, timeout=2, context=insecure) as resp:
-            return bool(resp.status == 200)
-    except (OSError, urllib.error.HTTPError):
-        return False

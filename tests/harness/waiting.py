@@ -4,7 +4,10 @@ session's broker, Redis and control plane outlive each test and change asynchron
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -40,3 +43,24 @@ def wait_for(
 def unique(prefix: str) -> str:
     """A fresh name (topic, Pipeline, namespace), so tests sharing a server never collide."""
     return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def http_ok(url: str) -> bool:
+    """Whether a health endpoint answers 200 now (any error counts as not yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.HTTPError):
+        return False
+
+
+def https_ok(url: str) -> bool:
+    """http_ok for a component serving TLS with the run's own self-signed certificate."""
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=insecure) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.HTTPError):
+        return False
