@@ -26,20 +26,25 @@ def _check_range(from_: int | None, to: int | None) -> None:
         raise InvalidParameter("from", f"{from_} is after to={to}")
 
 
-# -- window tables ------------------------------------------------------------------------
-
-
-async def list_keys(state: AppState, pipeline: str, table: str, offset: int, limit: int) -> Body:
-    t = state.catalog.table(pipeline, table, "window")
-    total, keys = await state.store.keys(t, offset, limit)
+def _page(pipeline: str, table: str, total: int, offset: int, limit: int, **items: Any) -> Body:
+    """The envelope of every paged listing: where the page is, then its items by name."""
     return {
         "pipeline": pipeline,
         "table": table,
         "total": total,
         "offset": offset,
         "limit": limit,
-        "keys": keys,
+        **items,
     }
+
+
+# -- window tables ------------------------------------------------------------------------
+
+
+async def list_keys(state: AppState, pipeline: str, table: str, offset: int, limit: int) -> Body:
+    t = state.catalog.table(pipeline, table, "window")
+    total, keys = await state.store.keys(t, offset, limit)
+    return _page(pipeline, table, total, offset, limit, keys=keys)
 
 
 async def current_window(state: AppState, pipeline: str, table: str, key: str) -> Body:
@@ -157,14 +162,7 @@ async def top_keys(
 async def list_entries(state: AppState, pipeline: str, table: str, offset: int, limit: int) -> Body:
     t = state.catalog.table(pipeline, table, "latest")
     total, entries = await state.store.entries(t, offset, limit)
-    return {
-        "pipeline": pipeline,
-        "table": table,
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-        "entries": entries,
-    }
+    return _page(pipeline, table, total, offset, limit, entries=entries)
 
 
 async def entry(state: AppState, pipeline: str, table: str, key: str) -> Body:
