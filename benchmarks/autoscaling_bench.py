@@ -13,11 +13,9 @@ gets a burst of events; then a steady load for --steady-minutes. Printed:
 Target: decision <= 45 s, no flapping. It starts its own node, so it must run in a network
 namespace of its own (as `scripts/cluster.sh test` gives pytest):
 
-    sudo ip netns add fm-bench && sudo ip -n fm-bench link set lo up
-    sudo env FLOWMILL_NETNS=fm-bench PATH=$HOME/.cache/flowmill/bin:$PATH \\
-        nsenter --net=/run/netns/fm-bench -- .venv/bin/python benchmarks/autoscaling_bench.py \\
-        --steady-minutes 10
-    sudo ip netns del fm-bench
+    sudo scripts/cluster.sh run .venv/bin/python benchmarks/autoscaling_bench.py
+
+(`--scale-down-stabilization 20s` reproduces the e2e test's short window.)
 """
 
 from __future__ import annotations
@@ -38,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flowmill_operator.runner import OperatorThread
 from flowmill_operator.settings import OperatorSettings, RenderSettings
+from tests.cluster.autoscaled import Step, started
 from tests.cluster.test_autoscaling import (
     BURST,
     LAG_PER_REPLICA,
     PARTITIONS,
-    Step,
+    STEP,
     apply,
     pipeline_manifest,
-    started,
 )
 from tests.harness.metrics_stack import MetricsStack
 from tests.harness.node import KubeNode
@@ -93,6 +91,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--burst", type=int, default=BURST, help="events in the burst")
     parser.add_argument("--steady-minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--scale-down-stabilization",
+        default=None,
+        metavar="DURATION",
+        help="the step's scaleDownStabilization (default: the product's default, 5m)",
+    )
     args = parser.parse_args()
 
     node = KubeNode()
@@ -123,8 +127,14 @@ def main() -> int:
                 )
             ).start()
             name = f"bench-{secrets.token_hex(3)}"
-            apply(api, namespace, pipeline_manifest(name, max_replicas=PARTITIONS))
-            step = Step(node, api, stack, namespace, name)
+            manifest = pipeline_manifest(name, max_replicas=PARTITIONS)
+            scaling = manifest["spec"]["steps"][0]["autoscaling"]
+            if args.scale_down_stabilization is None:
+                del scaling["scaleDownStabilization"]
+            else:
+                scaling["scaleDownStabilization"] = args.scale_down_stabilization
+            apply(api, namespace, manifest)
+            step = Step(node, api, stack, namespace, name, STEP)
             started(step)
             bootstrap = node.kafka.bootstrap_servers
             topic = f"{name}-events"
@@ -155,7 +165,10 @@ def main() -> int:
             steady_began = time.monotonic()
             asyncio.run(steady_load(step, bootstrap, topic, rate, args.steady_minutes * 60))
             values = [d for t, d in step.watch.desired if t >= steady_began]
-            events = sum(1 for a, b in itertools.pairwise(values) if a != b)
+            changes = [b - a for a, b in itertools.pairwise(values) if a != b]
+            events = len(changes)
+            # Flapping is a change of direction: up then down (or down then up) again.
+            reversals = sum(1 for a, b in itertools.pairwise(changes) if (a > 0) != (b > 0))
             wait_for(lambda: step.lag() == 0, 600, "the steady load to drain", interval=2)
     finally:
         if thread is not None:
@@ -169,9 +182,10 @@ def main() -> int:
     print(f"| lag spike -> new pods consuming | {consuming:.1f} s | |")
     print(f"| peak desired replicas (expected) | {peak} ({expected}) | = expected |")
     print(f"| lag spike -> drained ({args.burst} events) | {drained:.1f} s | |")
+    window = args.scale_down_stabilization or "5m (default)"
     print(
-        f"| scale events in {args.steady_minutes:g} min of steady load ({rate:.0f} ev/s) "
-        f"| {events} | no flapping |"
+        f"| scale events in {args.steady_minutes:g} min of steady load ({rate:.0f} ev/s), "
+        f"scale-down window {window} | {events} ({reversals} reversals) | no flapping |"
     )
     if node.leftovers:
         print("the node left this on the host:\n" + "\n".join(node.leftovers), file=sys.stderr)

@@ -26,8 +26,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.redis import EmbeddedRedis
-from flowmill.manifest import parse_pipeline
 from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "contenders"))
+from flowmill_step import pipeline as window_step  # what every worker benchmark measures
 
 PARTITIONS = 1  # one worker process reads every partition anyway; one keeps it comparable
 
@@ -97,32 +99,8 @@ async def raw_consumer(bootstrap: str, topic: str, n: int, decode: bool) -> floa
 
 async def flowmill_step(bootstrap: str, redis_url: str, topic: str, n: int) -> float:
     name = f"bench{time.time_ns() % 10**9}"
-    pipeline = parse_pipeline(
-        {
-            "apiVersion": "flowmill.dev/v1alpha1",
-            "kind": "Pipeline",
-            "metadata": {"name": name},
-            "spec": {
-                "topics": [{"name": topic, "partitions": PARTITIONS}],
-                "steps": [
-                    {
-                        "name": "agg",
-                        "from": topic,
-                        "keyBy": "region_id",
-                        "window": {"size": "1m", "eventTime": "event_time"},
-                        "aggregate": {
-                            "trips": "count",
-                            "revenue": {"sum": "fare"},
-                            "avg_fare": {"avg": "fare"},
-                            "max_fare": {"max": "fare"},
-                        },
-                        "sink": {"redis": {"table": "agg", "publish": False}},
-                    }
-                ],
-            },
-        }
-    )
-    runner = StepRunner(pipeline, "agg", WorkerConfig(bootstrap, redis_url, batch_size=10_000))
+    pipeline = window_step(name, topic, PARTITIONS)
+    runner = StepRunner(pipeline, "agg", WorkerConfig(bootstrap, redis_url))
     await runner.start()
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))

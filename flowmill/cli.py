@@ -77,6 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
     from flowmill.run import command as run_command
 
     run_command.configure(sub.add_parser("run", help="run a whole Pipeline on this machine"))
+    from flowmill.run import control
+
+    control.configure_pause(sub.add_parser("pause", help="pause a running `flowmill run`"))
+    control.configure_resume(sub.add_parser("resume", help="resume a paused `flowmill run`"))
+    control.configure_replay(
+        sub.add_parser("replay", help="recompute a step of a running `flowmill run` from a time")
+    )
+    from flowmill import replay
+
+    replay.configure_reset(
+        sub.add_parser(
+            "replay-reset",
+            help="reset a stopped step's positions and table (what the operator's replay Job runs)",
+        )
+    )
+    from flowmill.testing import command as test_command
+
+    test_command.configure(
+        sub.add_parser("test", help="run a manifest's tests (fixtures in, expected tables out)")
+    )
     from flowmill.run import gbfs_server
 
     gbfs_server.configure(

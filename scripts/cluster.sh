@@ -10,6 +10,7 @@
 #   scripts/cluster.sh down            tear it down and check the host is as it was
 #   scripts/cluster.sh test [-- ARGS]  run pytest ARGS in a fresh namespace of their own; the
 #                                      kube_node fixture starts the node there when needed
+#   scripts/cluster.sh run CMD...      run CMD the same way (e.g. a benchmark that starts a node)
 #
 # The namespace has no link to the host: what the kubelet and kube-proxy do to iptables,
 # routes and sysctls stays in it, and everything in it (pods, tests) talks only to addresses
@@ -47,6 +48,18 @@ in_netns() {
   FLOWMILL_NETNS=$ns PATH="$CACHE/bin:$PATH" nsenter --net="/run/netns/$ns" -- "$@"
 }
 
+# One node session at a time on a machine: a node changes machine-wide state (kernel modules,
+# sysctls that are not per namespace) that a second session's host check would see as its own
+# leak. The lock is an open file descriptor, so it goes with the last process holding it.
+LOCK=/run/flowmill-node.lock
+take_node_lock() {
+  exec 9>"$LOCK"
+  if ! flock -n 9; then
+    say "another node session holds $LOCK; waiting for it (up to an hour)"
+    flock -w 3600 9 || { say "gave up waiting for $LOCK" >&2; exit 1; }
+  fi
+}
+
 snapshot_host() { node_cli host-snapshot > "$1"; }
 
 finish() {  # finish NETNS SNAPSHOT: remove the namespace, then check the host
@@ -57,12 +70,14 @@ finish() {  # finish NETNS SNAPSHOT: remove the namespace, then check the host
 
 cmd_up() {
   need_root
-  node_cli clean-stale
-  if [ -f "$RUNS/$NETNS/env.sh" ]; then
+  if [ -f "$RUNS/$NETNS/env.sh" ] && [ -e "/run/netns/$NETNS" ]; then
     say "already up in namespace $NETNS"
     cmd_env
     return
   fi
+  # The serving process below inherits the lock and holds it while the cluster lives.
+  take_node_lock
+  node_cli clean-stale
   mkdir -p "$RUNS"
   snapshot_host "$RUNS/$NETNS.before.json"
   netns_create "$NETNS"
@@ -127,9 +142,9 @@ cmd_down() {
   say "down in $((SECONDS - began))s"
 }
 
-cmd_test() {
+cmd_isolated() {  # cmd_isolated CMD...: CMD in a fresh namespace of its own, host checked after
   need_root
-  [ "${1:-}" != "--" ] || shift
+  take_node_lock
   node_cli clean-stale
   local ns=flowmill-test-$$
   mkdir -p "$RUNS"
@@ -137,11 +152,16 @@ cmd_test() {
   snapshot_host "$before"
   netns_create "$ns"
   local rc=0
-  in_netns "$ns" "$ROOT/.venv/bin/pytest" "$@" || rc=$?
+  in_netns "$ns" "$@" || rc=$?
   if ! finish "$ns" "$before"; then [ "$rc" != 0 ] || rc=1; fi
   rm -f "$before"
   rmdir "$RUNS" 2>/dev/null || true
   return "$rc"
+}
+
+cmd_test() {
+  [ "${1:-}" != "--" ] || shift
+  cmd_isolated "$ROOT/.venv/bin/pytest" "$@"
 }
 
 case "${1:-}" in
@@ -150,5 +170,6 @@ case "${1:-}" in
   exec) shift; cmd_exec "$@" ;;
   down) cmd_down ;;
   test) shift; cmd_test "$@" ;;
+  run) shift; [ "${1:-}" != "--" ] || shift; cmd_isolated "$@" ;;
   *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -6,6 +6,8 @@
 #   scripts/image.sh base     the local base: debootstrap bookworm + its python3.11
 #   scripts/image.sh build    the flowmill image from the project's Dockerfile, on that base
 #   scripts/image.sh pause    the pod sandbox image: a static C program
+#   scripts/image.sh trip-fraud  the trip-fraud agent's image: FROM the flowmill image, with the
+#                             agent's package installed (k8s/examples/faust/Dockerfile)
 #   scripts/image.sh names    the image names and archives, as NAME=value lines
 #
 # Each image is stamped with its inputs and skipped when they did not change. The flowmill
@@ -24,6 +26,9 @@ IMAGES=$CACHE/images
 FLOWMILL_IMAGE=localhost/flowmill:dev
 PAUSE_IMAGE=localhost/flowmill-pause:3.10
 BASE_IMAGE=localhost/flowmill-base:bookworm
+# A user's image built FROM the flowmill image (docs/faust.md); only its node test imports it.
+TRIP_FRAUD_IMAGE=localhost/flowmill-trip-fraud:dev
+TRIP_FRAUD_CONTEXT=k8s/examples/faust
 
 BASE_SUITE=bookworm # its python3 is 3.11, the version flowmill targets
 BASE_PACKAGES=python3,python3-pip,python3-venv,ca-certificates
@@ -152,6 +157,28 @@ build_flowmill() {
   put_stamp images/flowmill "$want"
 }
 
+build_trip_fraud() {
+  build_flowmill
+  local want archive=$IMAGES/trip-fraud.tar ca
+  want=$( (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- "$TRIP_FRAUD_CONTEXT" \
+      | xargs -0 -r sh -c 'for f; do [ -f "$f" ] && sha256sum "$f"; done; true' _
+    image_id "$FLOWMILL_IMAGE") | sha256sum | cut -c1-16)
+  if have_stamp images/trip-fraud "$want" && [ -s "$archive" ] && have_image "$TRIP_FRAUD_IMAGE"; then
+    say "$TRIP_FRAUD_IMAGE: present"
+    return
+  fi
+  say "$TRIP_FRAUD_IMAGE: building $TRIP_FRAUD_CONTEXT/Dockerfile FROM $FLOWMILL_IMAGE"
+  local secret=()
+  ca=$(extra_ca)
+  [ -n "$ca" ] && secret=(--secret "id=ca,src=$ca")
+  # As a user builds it (docs/faust.md), with the locally built flowmill image as its FROM.
+  buildah bud -q --layers --network host "${secret[@]}" \
+    --build-arg "FLOWMILL_IMAGE=$FLOWMILL_IMAGE" \
+    -t "$TRIP_FRAUD_IMAGE" "$ROOT/$TRIP_FRAUD_CONTEXT" >/dev/null
+  write_archive "$TRIP_FRAUD_IMAGE" "$archive"
+  put_stamp images/trip-fraud "$want"
+}
+
 build_pause() {
   local source=$ROOT/scripts/provision/pause/pause.c archive=$IMAGES/pause.tar want tmp ctr
   want=$( (cat "$source"; gcc --version | head -n 1) | sha256sum | cut -c1-16)
@@ -178,6 +205,8 @@ FLOWMILL_IMAGE=$FLOWMILL_IMAGE
 FLOWMILL_IMAGE_ARCHIVE=$IMAGES/flowmill.tar
 PAUSE_IMAGE=$PAUSE_IMAGE
 PAUSE_IMAGE_ARCHIVE=$IMAGES/pause.tar
+TRIP_FRAUD_IMAGE=$TRIP_FRAUD_IMAGE
+TRIP_FRAUD_IMAGE_ARCHIVE=$IMAGES/trip-fraud.tar
 EOF
 }
 
@@ -186,8 +215,9 @@ case "${1:-all}" in
   base) build_base ;;
   build) build_flowmill ;;
   pause) build_pause ;;
+  trip-fraud) build_trip_fraud ;;
   names) names; exit 0 ;;
-  all) build_pause; build_flowmill ;;
-  *) echo "usage: $0 [all|base|build|pause|names]" >&2; exit 2 ;;
+  all) build_pause; build_flowmill; build_trip_fraud ;;
+  *) echo "usage: $0 [all|base|build|pause|trip-fraud|names]" >&2; exit 2 ;;
 esac
 names > "$IMAGES/images.env"

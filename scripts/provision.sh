@@ -4,7 +4,8 @@
 #   scripts/provision.sh            all components (tests need them)
 #   scripts/provision.sh --local    only what `flowmill run` needs: Python env, Kafka, Redis
 #   scripts/provision.sh GROUP      one group (see the usage line at the end), e.g.
-#                                   node: containerd, runc, CNI, kubelet, ...; images
+#                                   node: containerd, runc, CNI, kubelet, ...; images;
+#                                   bench: the peers `make bench` runs (not in the default set)
 #
 # Idempotent: each component is checked first and skipped when present, so a second run
 # does nothing. Components land in $FLOWMILL_CACHE (default ~/.cache/flowmill); the
@@ -23,6 +24,7 @@ HELM_VERSION=v3.16.4
 KAFKA_VERSION=3.9.1
 PROMETHEUS_ADAPTER_VERSION=v0.12.0
 SKAFFOLD_VERSION=v2.16.1
+SEAWEEDFS_VERSION=v0.0.0-20261109003541-7506e5f91cd6
 CONTAINERD_VERSION=v2.4.2
 CRICTL_VERSION=v1.34.0
 
@@ -88,13 +90,33 @@ provision_prometheus_adapter() {
   put_stamp prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION"
 }
 
-provision_chromium() {
-  # The dashboard test drives a real headless browser; Debian ships one (no download).
-  if command -v chromium >/dev/null 2>&1; then
-    say "chromium: present"
+provision_bench() {
+  # What `make bench` compares flowmill with, in an env of its own (the peers pin their own
+  # aiokafka, confluent-kafka and orjson versions, which must not move flowmill's), plus wrk
+  # as the HTTP load generator (a Python client would be the bottleneck against a bare app).
+  apt_install wrk
+  local env=$CACHE/bench-peers want
+  want=$(sha256sum "$HERE/bench-peers.txt" | cut -c1-16)
+  if have_stamp bench-peers "$want" && [ -x "$env/bin/python" ]; then
+    say "bench peers: present"
     return
   fi
-  apt_install chromium fonts-dejavu-core
+  say "bench peers: creating $env (Quix Streams, Bytewax, Faust, confluent-kafka)"
+  rm -rf "$env"
+  python3.11 -m venv "$env"
+  "$env/bin/pip" install -q --upgrade pip >/dev/null
+  "$env/bin/pip" install -q -r "$HERE/bench-peers.txt"
+  put_stamp bench-peers "$want"
+}
+
+provision_chromium() {
+  # The dashboard tests drive a real headless browser; Debian ships one (no download), and
+  # the health view's test drives it through WebDriver with Debian's matching chromedriver.
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    say "chromium, chromedriver: present"
+    return
+  fi
+  apt_install chromium chromium-driver fonts-dejavu-core
 }
 
 go_build() {  # go_build NAME STAMP MODULE_DIR PACKAGE LDFLAGS
@@ -194,6 +216,19 @@ provision_skaffold() {
   put_stamp skaffold "$SKAFFOLD_VERSION"
 }
 
+provision_seaweedfs() {
+  # SeaweedFS (Apache-2.0): the S3-compatible server the Parquet lake's S3 tests write to
+  # (tests/harness/s3_server.py). Its go.mod has replace directives, so, as for skaffold,
+  # it is built inside the module source of one exact version.
+  if have_stamp weed "$SEAWEEDFS_VERSION" && [ -x "$BIN/weed" ]; then
+    say "seaweedfs $SEAWEEDFS_VERSION: present"
+    return
+  fi
+  say "seaweedfs $SEAWEEDFS_VERSION: building from the Go module proxy (first time takes minutes)"
+  go_build_in_module github.com/seaweedfs/seaweedfs "$SEAWEEDFS_VERSION" ./weed "$BIN/weed" "-s -w"
+  put_stamp weed "$SEAWEEDFS_VERSION"
+}
+
 provision_registry() {
   # The local registry `skaffold run -p buildah` pushes to; the cluster harness starts it
   # inside the node's namespace, so the package's own service stays off.
@@ -227,8 +262,10 @@ main() {
     promtool) provision_promtool ;;
     prometheus-adapter) provision_promtool; provision_prometheus_adapter ;;
     chromium) provision_chromium ;;
-    "") provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_chromium; provision_etcd; provision_kube; provision_helm; provision_registry; provision_skaffold; provision_prometheus_adapter; provision_node; provision_images ;;
-    *) echo "usage: $0 [--local|python|kafka|redis|kube|node|images|helm|skaffold|promtool|prometheus-adapter|chromium]" >&2; exit 2 ;;
+    seaweedfs) provision_seaweedfs ;;
+    bench) provision_bench ;;
+    "") provision_python_env; provision_kafka; provision_redis; provision_promtool; provision_chromium; provision_etcd; provision_kube; provision_helm; provision_registry; provision_skaffold; provision_prometheus_adapter; provision_seaweedfs; provision_node; provision_images ;;
+    *) echo "usage: $0 [--local|python|kafka|redis|kube|node|images|helm|skaffold|promtool|prometheus-adapter|chromium|seaweedfs|bench]" >&2; exit 2 ;;
   esac
   say "done (cache: $CACHE)"
 }

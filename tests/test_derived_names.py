@@ -30,6 +30,8 @@ from flowmill.spec import (
     strimzi_bootstrap_servers,
     worker_args,
 )
+from flowmill.spec.launch import API_HEADER_TIMEOUT_S, API_MAX_CONNECTIONS, STOP_GRACE_S
+from flowmill_operator.settings import RenderSettings
 
 FULL = Path(__file__).parent / "data" / "full_features.yaml"
 
@@ -105,7 +107,6 @@ def test_worker_arguments_mean_what_the_worker_command_reads() -> None:
             "step",
             "complete",
             bootstrap_servers="b:9092",
-            redis_url="redis://r:6379/0",
             metrics_port=9500,
         )
     )
@@ -115,11 +116,8 @@ def test_worker_arguments_mean_what_the_worker_command_reads() -> None:
         "complete",
         None,
     )
-    assert (step.bootstrap_servers, step.redis_url, step.metrics_port) == (
-        "b:9092",
-        "redis://r:6379/0",
-        9500,
-    )
+    # The Redis URL may carry a password: never an argument (ps shows argv).
+    assert (step.bootstrap_servers, step.redis_url, step.metrics_port) == ("b:9092", None, 9500)
     # What a Deployment passes: the rest comes from the environment and the defaults.
     source = parser.parse_args(worker_args("/m.yaml", "source", "replay"))
     assert (source.source, source.step, source.bootstrap_servers) == ("replay", None, None)
@@ -128,12 +126,29 @@ def test_worker_arguments_mean_what_the_worker_command_reads() -> None:
 
 def test_api_arguments_mean_what_the_api_command_reads() -> None:
     parser = build_parser()
-    api = parser.parse_args(api_args("/m.yaml", port=0, redis_url="redis://r:6379/0"))
-    assert (api.command, api.pipeline, api.port, api.redis_url) == (
-        "api",
-        ["/m.yaml"],
-        0,
-        "redis://r:6379/0",
-    )
+    api = parser.parse_args(api_args("/m.yaml", port=0))
+    assert (api.command, api.pipeline, api.port, api.redis_url) == ("api", ["/m.yaml"], 0, None)
     assert parser.parse_args(api_args("/m.yaml")).port == API_PORT
     assert parser.parse_args(["api", "--pipeline", "/m.yaml"]).port == API_PORT
+    # The connection flags the operator and `flowmill run` pass, read back as given.
+    full = parser.parse_args(
+        api_args(
+            "/m.yaml",
+            trusted_proxies=["10.0.0.0/8", "::1"],
+            header_timeout_s=2.5,
+            max_connections=7,
+            stop_grace_s=30,
+        )
+    )
+    assert (full.trusted_proxies, full.header_timeout, full.max_connections) == (
+        "10.0.0.0/8,::1",
+        2.5,
+        7,
+    )
+    assert full.stop_grace == 30
+    # Left out, they are the API's defaults, which the operator settings default to.
+    plain = parser.parse_args(api_args("/m.yaml"))
+    assert (plain.trusted_proxies, plain.header_timeout, plain.max_connections) == ("", None, None)
+    assert RenderSettings().api_header_timeout_seconds == API_HEADER_TIMEOUT_S
+    assert RenderSettings().api_max_connections == API_MAX_CONNECTIONS
+    assert RenderSettings().api_stop_grace_seconds == plain.stop_grace == STOP_GRACE_S

@@ -28,7 +28,10 @@ from tests.harness.kube import KubeControlPlane
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE_FILES = [
-    *sorted((ROOT / "k8s" / "examples").glob("*.yaml")),
+    # Not the `flowmill test` files beside them (*.test.yaml).
+    *sorted(
+        p for p in (ROOT / "k8s" / "examples").glob("*.yaml") if not p.name.endswith(".test.yaml")
+    ),
     *sorted((ROOT / "tests" / "data").glob("*.yaml")),
 ]
 SETTINGS = RenderSettings(
@@ -114,9 +117,14 @@ def _assert_named(errors: list[FieldError]) -> None:
         ), error
 
 
+# "No hang" is measured in this process's CPU time: the work is pure computation, and wall
+# time on a shared 2-core machine also counts the seconds other processes had the CPU.
+HANG_CPU_SECONDS = 5.0
+
+
 def _validate_and_render(document: Any) -> Any:
     """What `flowmill validate` then `flowmill render` do with one decoded document."""
-    started = time.monotonic()
+    started = time.process_time()
     try:
         pipeline = parse_pipeline(document)
     except PipelineInvalid as err:
@@ -127,7 +135,7 @@ def _validate_and_render(document: Any) -> Any:
             render(pipeline, SETTINGS, namespace="fuzz")
         except RenderError as err:
             _assert_named(err.errors)
-    assert time.monotonic() - started < 5.0
+    assert time.process_time() - started < HANG_CPU_SECONDS
     return pipeline
 
 
@@ -155,12 +163,12 @@ def test_mutated_yaml_text_fails_only_with_named_fields(
     raw = text.encode()
     if data.draw(st.booleans()):
         raw += data.draw(st.sampled_from([b"\xff", b"\xc3", b"\x00", b"\t", b" &a x\n", b"*b\n"]))
-    started = time.monotonic()
+    started = time.process_time()
     try:
         pipelines_from_yaml(raw)
     except PipelineInvalid as err:
         _assert_named(err.errors)
-    assert time.monotonic() - started < 5.0
+    assert time.process_time() - started < HANG_CPU_SECONDS
 
 
 def test_the_examples_themselves_validate_and_render() -> None:

@@ -9,6 +9,7 @@ import pytest
 from flowmill.local import ComponentMissing
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.redis import EmbeddedRedis
+from tests.harness.s3_server import SeaweedS3
 
 
 def test_kafka_without_cache_names_provision_script(
@@ -45,3 +46,13 @@ def test_redis_without_binary_names_provision_script(
 
     with pytest.raises(ComponentMissing, match=r"redis-server.*scripts/provision\.sh"):
         EmbeddedRedis().start()
+
+
+def test_s3_server_without_weed_names_provision_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWMILL_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+
+    with pytest.raises(ComponentMissing, match=r"weed .*scripts/provision\.sh seaweedfs"):
+        SeaweedS3().start()

@@ -8,15 +8,17 @@ from typing import Any
 
 from flowmill.manifest import load_pipelines
 from flowmill.spec import ENV_BOOTSTRAP_SERVERS, ENV_REDIS_URL
+from flowmill.spec.launch import KAFKA_SECURITY_ENV
 from flowmill_api.settings import ApiSettings
 from flowmill_operator.render import render
 from flowmill_operator.settings import OperatorSettings, RenderSettings
 from tests.operator.fixtures import TEST_RENDER
 from tests.operator.helpers import ROOT, example_files
 
-CONNECTIONS = {ENV_BOOTSTRAP_SERVERS, ENV_REDIS_URL}
-"""Read by flowmill.connections (flag, then environment, then the manifest) for the workers
-and the API alike."""
+CONNECTIONS = {ENV_BOOTSTRAP_SERVERS, ENV_REDIS_URL, *KAFKA_SECURITY_ENV}
+"""Read by flowmill.connections (flag, then environment, then the manifest) and
+flowmill.kafka_security (spec.kafka.security as variables) for the workers and the API
+alike."""
 
 
 def flowmill_env(container: dict[str, Any]) -> set[str]:
@@ -27,7 +29,9 @@ def test_the_charts_operator_variables_are_read_by_the_operator_settings() -> No
     template = (ROOT / "charts" / "flowmill" / "templates" / "deployment.yaml").read_text()
     set_by_chart = set(re.findall(r"name: (FLOWMILL_[A-Z_]+)", template))
     assert set_by_chart, "no FLOWMILL_* variable found in the chart's Deployment"
-    read = OperatorSettings.env_names() | RenderSettings.env_names()
+    # The operator's own Kafka admin client reads its security settings where every Kafka
+    # client of the product does (flowmill.kafka_security), not through OperatorSettings.
+    read = OperatorSettings.env_names() | RenderSettings.env_names() | set(KAFKA_SECURITY_ENV)
     assert set_by_chart <= read, sorted(set_by_chart - read)
 
 
@@ -48,6 +52,20 @@ def test_the_renderers_variables_are_read_by_the_workers_and_the_api() -> None:
     read_by_api = ApiSettings.env_names() | CONNECTIONS
     assert api_env <= read_by_api, sorted(api_env - read_by_api)
     assert "FLOWMILL_API_KEYS_DIR" in api_env  # full_features.yaml names an apiKeysSecret
+    # The health view's Kafka reader connects as the workers do (kafka_security.yaml).
+    assert set(KAFKA_SECURITY_ENV) <= api_env
+    with_prometheus = TEST_RENDER.model_copy(update={"prometheus_url": "http://prom:9090"})
+    (pipeline,) = load_pipelines(example_files()[0])
+    api = next(m for m in render(pipeline, with_prometheus).manifests if _is_api(m))
+    api_env = flowmill_env(api["spec"]["template"]["spec"]["containers"][0])
+    assert ApiSettings.env_name("prometheus_url") in api_env
+    assert RenderSettings.env_name("prometheus_url") == "FLOWMILL_PROMETHEUS_URL"
+
+
+def _is_api(manifest: dict[str, Any]) -> bool:
+    if manifest["kind"] != "Deployment":
+        return False
+    return manifest["spec"]["template"]["spec"]["containers"][0]["args"][:1] == ["api"]
 
 
 def test_env_names_follow_the_prefix_unless_a_field_names_its_variable() -> None:

@@ -251,6 +251,14 @@ def _two_source_kinds(spec: dict[str, Any]) -> None:
     spec["sources"][0]["generator"] = {"fields": {"n": {"type": "int"}}}
 
 
+def _emit_without_redis(spec: dict[str, Any]) -> None:
+    spec["steps"][0]["sink"] = {"kafka": {"topic": spec["topics"][0]["name"], "emit": "final"}}
+
+
+def _timestamp_on_events(spec: dict[str, Any]) -> None:
+    spec["steps"][0]["sink"] = {"kafka": {"topic": spec["topics"][0]["name"], "timestamp": "end"}}
+
+
 def _duplicate_topic(spec: dict[str, Any]) -> None:
     spec["topics"].append({"name": "trips", "partitions": 2})
 
@@ -290,6 +298,14 @@ INVALID = {
     "hopping-without-advance": (
         _set_window(type="hopping"),
         ["spec.steps[0].window.advance:", "a hopping window needs advance"],
+    ),
+    "emit-windows-without-redis": (
+        _emit_without_redis,
+        ["spec.steps[0].sink:", "sink.kafka.emit updates or final needs a window and a redis"],
+    ),
+    "window-timestamp-on-events": (
+        _timestamp_on_events,
+        ["spec.steps[0].sink.kafka.timestamp:", "sink.kafka.timestamp stamps window records"],
     ),
     "duplicate-topic": (
         _duplicate_topic,

@@ -82,7 +82,40 @@ def _set(path: str, value: Any) -> Mutation:
 
 _DELETE = object()
 
+
+def _both(*mutations: Mutation) -> Mutation:
+    def mutate(doc: dict[str, Any]) -> None:
+        for m in mutations:
+            m(doc)
+
+    return mutate
+
+
 INVALID: list[tuple[str, Mutation, str, str]] = [
+    (
+        "lookup of a window table",
+        _set("spec.steps.0.lookup", {"table": "region_metrics", "key": "region_id"}),
+        "spec.steps[0].lookup.table",
+        "not a latest-state table",
+    ),
+    (
+        "lookup of an unknown table",
+        _set("spec.steps.0.lookup", {"table": "regions", "key": "region_id"}),
+        "spec.steps[0].lookup.table",
+        "no step of this Pipeline writes a table 'regions'",
+    ),
+    (
+        "lookup of an undeclared topic",
+        _set("spec.steps.0.lookup", {"topic": "regions", "key": "region_id"}),
+        "spec.steps[0].lookup.topic",
+        "not declared",
+    ),
+    (
+        "lookup of a table and a topic",
+        _set("spec.steps.0.lookup", {"table": "t", "topic": "trips", "key": "region_id"}),
+        "spec.steps[0].lookup",
+        "set table or topic",
+    ),
     (
         "undeclared step input",
         _set("spec.steps.0.from", "nope"),
@@ -183,6 +216,62 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
     ),
     ("bad redis url", _set("spec.redis.url", "http://x"), "spec.redis.url", "pattern"),
     ("wrong kind", _set("kind", "Pipe"), "kind", "'Pipeline'"),
+    (
+        "S3 endpoint not http(s)",
+        _set("spec.steps.0.sink", {"parquet": {"s3": {"bucket": "lake", "endpoint": "ftp://h"}}}),
+        "spec.steps[0].sink.parquet.s3.endpoint",
+        "is not http(s)://host[:port]",
+    ),
+    (
+        "S3 endpoint with a path",
+        _set(
+            "spec.steps.0.sink", {"parquet": {"s3": {"bucket": "lake", "endpoint": "http://h/x"}}}
+        ),
+        "spec.steps[0].sink.parquet.s3.endpoint",
+        "more than a scheme, host and port",
+    ),
+    (
+        "emit windows without a redis sink",
+        _set("spec.steps.0.sink", {"kafka": {"topic": "trips", "emit": "final"}}),
+        "spec.steps[0]",
+        "emit final needs a window and a redis sink",
+    ),
+    (
+        "emitted aggregate named like a record field",
+        _both(
+            _set("spec.steps.0.aggregate.final", "count"),
+            _set("spec.steps.0.sink.kafka", {"topic": "trips", "emit": "final"}),
+        ),
+        "spec.steps[0]",
+        "aggregate final: a window record already has a field 'final'",
+    ),
+    (
+        "emit updates of sessions",
+        _both(
+            _set("spec.steps.0.window", {"session": {"gap": "30m"}}),
+            _set("spec.steps.0.sink.kafka", {"topic": "trips", "emit": "updates"}),
+        ),
+        "spec.steps[0]",
+        "session windows emit final only",
+    ),
+    (
+        "a window record timestamp on events",
+        _set("spec.steps.0.sink.kafka", {"topic": "trips", "timestamp": "emitted"}),
+        "spec.steps[0].sink.kafka",
+        "sink.kafka.timestamp stamps window records: set emit updates or final",
+    ),
+    (
+        "window records keyed by a field",
+        _set("spec.steps.0.sink.kafka", {"topic": "trips", "emit": "final", "key": "fare"}),
+        "spec.steps[0]",
+        "window records are keyed by the window's key",
+    ),
+    (
+        "idle timeout of zero",
+        _set("spec.steps.0.window.idleTimeout", "0s"),
+        "spec.steps[0].window.idleTimeout",
+        "idleTimeout must be positive",
+    ),
 ]
 
 
@@ -199,6 +288,17 @@ def test_invalid_spec_names_the_field(mutate: Mutation, path: str, fragment: str
     matching = [e for e in errors if e.path == path]
     assert matching, f"no error at {path}; got {[str(e) for e in errors]}"
     assert any(fragment in e.message for e in matching), [str(e) for e in matching]
+
+
+def test_s3_endpoint_with_credentials_is_refused_without_echoing_them() -> None:
+    doc = copy.deepcopy(sketch())
+    endpoint = "http://AKID:hunter2secret@h:9000"
+    doc["spec"]["steps"][0]["sink"] = {"parquet": {"s3": {"bucket": "lake", "endpoint": endpoint}}}
+    with pytest.raises(PipelineInvalid) as caught:
+        parse_pipeline(doc)
+    (error,) = [e for e in caught.value.errors if e.path.endswith("s3.endpoint")]
+    assert "credentialsSecret" in error.message
+    assert "hunter2secret" not in str(caught.value)
 
 
 def test_every_reference_error_is_reported_at_once() -> None:

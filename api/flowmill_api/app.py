@@ -11,16 +11,18 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flowmill.spec import Pipeline
 from flowmill_api.catalog import Catalog
 from flowmill_api.errors import install_error_handlers
 from flowmill_api.fastpath import FastPath
+from flowmill_api.health import HealthReader
 from flowmill_api.live import LiveHub
 from flowmill_api.metrics import ApiMetrics, MetricsMiddleware
 from flowmill_api.redis_pool import RedisPool
-from flowmill_api.routes import catalog, dashboard, health, latest, live, windows
-from flowmill_api.security import SecurityMiddleware
+from flowmill_api.routes import catalog, dashboard, health, latest, live, pipeline_health, windows
+from flowmill_api.security import Gate, SecurityMiddleware
 from flowmill_api.settings import ApiSettings
 from flowmill_api.state import AppState
 from flowmill_api.store import TableStore
@@ -28,9 +30,26 @@ from flowmill_api.store import TableStore
 DESCRIPTION = """
 Serves the tables a flowmill Pipeline's workers write to Redis: windows per key, top keys
 of a window, latest-state tables with bounding-box queries, and live updates over
-Server-Sent Events and WebSocket. Times are epoch milliseconds. Nothing is cached: every
-answer is read from Redis when asked.
+Server-Sent Events and WebSocket. Times are epoch milliseconds. A key's windows may be
+answered from memory while their table has had no write since; every other answer is
+read from Redis when asked.
 """
+
+
+class FlowmillApp(FastAPI):
+    """FastAPI with the fast path in front of its whole middleware stack."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is not None and scope["type"] == "http":
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def behind(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI itself: what the fast path hands requests to."""
+        await super().__call__(scope, receive, send)
 
 
 def redis_client(url: str, settings: ApiSettings) -> aioredis.Redis:
@@ -66,37 +85,49 @@ def create_app(
             timeout=settings.redis_timeout_seconds,
         )
         hub = LiveHub(client, settings)
+        store = TableStore(pool, [t for ts in catalog_.tables.values() for t in ts.values()])
+        health_reader = HealthReader(
+            catalog_.pipelines,
+            settings.run_status_file,
+            settings.prometheus_url,
+            settings.prometheus_rate_window,
+        )
         app.state.flowmill = AppState(
             catalog=catalog_,
             settings=settings,
             metrics=metrics,
             redis=client,
-            store=TableStore(pool),
+            store=store,
             hub=hub,
+            health=health_reader,
         )
         await hub.start()
+        await store.versions.start()
         try:
             yield
         finally:
+            await store.versions.close()
+            await health_reader.close()
             await hub.stop()
             await pool.close()
             await client.aclose()
             await client.connection_pool.disconnect()
 
-    app = FastAPI(
+    app = FlowmillApp(
         title="flowmill API",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
     )
     install_error_handlers(app, settings.retry_after_seconds)
-    for module in (catalog, windows, latest, live, health, dashboard):
+    for module in (catalog, windows, latest, live, health, pipeline_health, dashboard):
         app.include_router(module.router)
     dashboard.mount_static(app)
-    # Added first, so it runs innermost: after the key check, rate limit and CORS.
-    app.add_middleware(FastPath, fastapi_app=app)
-    if settings.api_keys or settings.rate_limit:
-        app.add_middleware(SecurityMiddleware, settings=settings)
+    gate = Gate(settings) if settings.api_keys or settings.rate_limit else None
+    if settings.fast_path:
+        app.front = FastPath(app.behind, app, gate)
+    if gate is not None:
+        app.add_middleware(SecurityMiddleware, gate=gate)
         _document_security(app, settings)
     if settings.cors_origins:
         app.add_middleware(

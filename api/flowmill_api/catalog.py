@@ -56,6 +56,18 @@ class Table:
     aggregates: tuple[AggregateInfo, ...] = ()
     latest_fields: tuple[str, ...] | None = None
     geo: GeoInfo | None = None
+    session_gap_ms: int | None = None
+    session_max_ms: int | None = None
+    watermark_fields: tuple[str, ...] = ()
+    """Checkpoint fields whose minimum is the table's watermark (serving.watermark_fields)."""
+
+    @property
+    def is_session(self) -> bool:
+        return self.window_type == "session"
+
+    @property
+    def checkpoint(self) -> str:
+        return serving.checkpoint_key(self.pipeline, self.step)
 
     @property
     def prefix(self) -> str:
@@ -93,11 +105,15 @@ def table_of(pipeline: Pipeline, step: StepSpec) -> Table | None:
     if step.window is not None and step.aggregate is not None:
         w = step.window
         size = _ms(w.size)
+        session = w.session
         return Table(
             kind="window",
             window_type=w.type,
             window_size_ms=size,
             window_advance_ms=_ms(w.advance) if w.type == "hopping" else size,
+            session_gap_ms=_ms(session.gap) if session else None,
+            session_max_ms=_ms(session.max_duration) if session else None,
+            watermark_fields=tuple(serving.watermark_fields(pipeline, step)),
             allowed_lateness_ms=_ms(w.allowed_lateness),
             retain=w.retain,
             event_time_field=w.event_time,

@@ -165,6 +165,19 @@ def _push(sub: Subscriber, item: Any) -> None:
         sub.queue.put_nowait(RESYNC)
 
 
+SESSION_REPLAY_SPAN_MS = 24 * 3600 * 1000
+"""A session table's catch-up looks this far (or maxDuration) before the position, plus
+the gap and allowedLateness, for sessions still changing."""
+
+
+def _replay_margin(t: Table) -> int:
+    """How long before a stream's position a window may still have changed."""
+    if t.is_session:
+        span = t.session_max_ms or SESSION_REPLAY_SPAN_MS
+        return span + (t.session_gap_ms or 0) + (t.allowed_lateness_ms or 0)
+    return (t.window_size_ms or 0) + (t.allowed_lateness_ms or 0)
+
+
 def parse_position(since: str | None) -> int | None:
     """The position of an event id (`{position}-{seq}`) or a plain epoch-ms number."""
     if not since:
@@ -215,7 +228,7 @@ class LiveStream:
         elif not replay:
             self.position = int(time.time() * 1000)
         self.seq += 1
-        return {
+        event = {
             "id": f"{self.position if self.position is not None else 0}-{self.seq}",
             "table": self.table.name,
             "key": str(data.get("key")),
@@ -224,6 +237,12 @@ class LiveStream:
             "deleted": bool(data.get("deleted", False)),
             "replay": replay,
         }
+        if self.table.kind == "window":
+            event["final"] = bool(data.get("final", False))
+            event["watermark"] = data.get("watermark")
+            if data.get("event") == "final":
+                event["event"] = "final"
+        return event
 
     async def catch_up(self) -> list[dict[str, Any]]:
         """Events re-sending whatever may have changed since `position` (oldest first)."""
@@ -231,7 +250,7 @@ class LiveStream:
             return []
         t = self.table
         if t.kind == "window":
-            margin = (t.window_size_ms or 0) + (t.allowed_lateness_ms or 0)
+            margin = _replay_margin(t)
             since = self.position - margin
             keys = (
                 [self.key]
@@ -244,11 +263,16 @@ class LiveStream:
                     t, key, start=since, end=None, limit=REPLAY_LIMIT
                 )
                 for w in windows:
+                    window = {"start": w["start"], "end": w["end"]}
+                    if t.is_session:
+                        window["last"] = w["last_event"]
                     events.append(
                         {
                             "key": key,
-                            "window": {"start": w["start"], "end": w["end"]},
+                            "window": window,
                             "values": w["values"],
+                            "final": w["final"],
+                            "watermark": w["watermark"],
                         }
                     )
             events.sort(key=lambda e: e["window"]["start"])

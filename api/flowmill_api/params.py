@@ -115,3 +115,15 @@ By = Annotated[
 Order = Annotated[SortOrder, Query(description="desc: largest first.")]
 Lat = Annotated[float, Query(ge=-90, le=90, description="Degrees.")]
 Lon = Annotated[float, Query(ge=-180, le=180, description="Degrees.")]
+Final = Annotated[
+    bool | None,
+    Query(
+        description="true: only final windows (the watermark passed end + allowedLateness); "
+        "false: only those still open."
+    ),
+]
+Since = Annotated[
+    int | None,
+    AsciiInteger,
+    Query(ge=EPOCH_MS.low, le=EPOCH_MS.high, description="Sessions ending at or after (ms)."),
+]

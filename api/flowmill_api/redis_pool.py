@@ -24,7 +24,7 @@ import ssl
 from collections import deque
 from hashlib import sha1
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 from redis._parsers.base import BaseParser
@@ -177,14 +177,13 @@ class RedisPool:
             raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (redis, rediss)")
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 6379
+        # As redis-py reads a URL: redis://:secret@host has no user, redis://app@host a
+        # user and no password.
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
-        if self.password is None and self.username is not None and parts.password is None:
-            # redis://:secret@host has no user; redis://secret@host reads as a password.
-            self.password, self.username = self.username, None
         path = parts.path.strip("/")
         self.db = int(path) if path.isdigit() else 0
-        self.ssl = ssl.create_default_context() if parts.scheme == "rediss" else None
+        self.ssl = _ssl_context(dict(parse_qsl(parts.query))) if parts.scheme == "rediss" else None
         self.timeout = timeout
         self.connections = [_Connection(self) for _ in range(size)]
         self._next = itertools.cycle(self.connections)
@@ -211,3 +210,13 @@ class RedisPool:
     async def close(self) -> None:
         for connection in self.connections:
             await connection.close()
+
+
+def _ssl_context(params: dict[str, str]) -> ssl.SSLContext:
+    """The TLS of a rediss:// URL from redis-py's parameters (which
+    flowmill.connections.with_redis_credentials sets): the CA file, else the system's
+    trust store, and a client certificate for mutual TLS."""
+    context = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
+    if params.get("ssl_certfile"):
+        context.load_cert_chain(params["ssl_certfile"], params.get("ssl_keyfile"))
+    return context

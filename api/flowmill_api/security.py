@@ -54,24 +54,26 @@ class _Bucket:
         self.stamp = stamp
 
 
-class SecurityMiddleware:
-    """Checks the API key, then the client's rate; answers 401/429 itself."""
+ADMITTED = "flowmill.admitted"
+"""Scope key set once a request passed the Gate (the fast path checks before FastAPI)."""
 
-    def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
-        self.app = app
+
+class Gate:
+    """The API key check and the per-client rate, one per app: the fast path in front of
+    FastAPI and the SecurityMiddleware inside it share it, so a client has one bucket."""
+
+    def __init__(self, settings: ApiSettings) -> None:
         self.keys = [k.encode() for k in settings.api_keys]
         self.rate = settings.rate_limit
         self.burst = float(settings.rate_burst or max(1, math.ceil(settings.rate_limit or 1)))
         self.buckets: dict[str, _Bucket] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or is_open(scope["path"]):
-            await self.app(scope, receive, send)
-            return
+    async def check(self, scope: Scope, send: Send) -> int | None:
+        """None when the request may go on; else the status it was answered with."""
         key = presented_key(scope)
         if self.keys and not self._valid(key):
             await _reject(scope, send, 401, "unauthorized", "missing or unknown API key", None)
-            return
+            return 401
         if self.rate is not None:
             client = f"key:{key}" if key and self.keys else _address(scope)
             wait = self._take(client)
@@ -84,8 +86,8 @@ class SecurityMiddleware:
                     f"more than {self.rate:g} requests per second",
                     max(1, math.ceil(wait)),
                 )
-                return
-        await self.app(scope, receive, send)
+                return 429
+        return None
 
     def _valid(self, key: str | None) -> bool:
         if not key:
@@ -118,6 +120,23 @@ class SecurityMiddleware:
             del self.buckets[client]
         if len(self.buckets) >= MAX_BUCKETS:
             self.buckets.clear()
+
+
+class SecurityMiddleware:
+    """Checks the API key, then the client's rate; answers 401/429 itself."""
+
+    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] not in ("http", "websocket")
+            or is_open(scope["path"])
+            or scope.get(ADMITTED)
+            or await self.gate.check(scope, send) is None
+        ):
+            await self.app(scope, receive, send)
 
 
 def _address(scope: Scope) -> str:

@@ -17,6 +17,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from flowmill.settings import FlowmillSettings, split_list
 from flowmill.spec import ENV_API_KEYS_DIR, Pipeline
+from flowmill.spec.launch import ENV_API_PROMETHEUS_URL, ENV_API_RUN_STATUS
 
 ENV_API_KEYS = "FLOWMILL_API_KEYS"
 """Comma-separated accepted API keys."""
@@ -44,6 +45,9 @@ class ApiSettings(FlowmillSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     """Origins allowed by CORS (the variable is comma-separated); empty: no CORS headers
     (same-origin only)."""
+    fast_path: bool = True
+    """Answer the hottest key lookups in front of FastAPI (flowmill_api.fastpath); off:
+    every request goes through FastAPI's routes (same answers, slower)."""
     retry_after_seconds: int = Field(default=2, ge=1)
     """Retry-After of a 503 while Redis is unreachable."""
     redis_connections: int = Field(default=4, ge=1, le=64)
@@ -59,6 +63,17 @@ class ApiSettings(FlowmillSettings):
     replay_margin_ms: int = Field(default=60_000, ge=0)
     """On reconnect, latest-state entries updated up to this long before the last seen
     event are re-sent (their update times are producer times, which precede delivery)."""
+
+    run_status_file: Path | None = Field(default=None, validation_alias=ENV_API_RUN_STATUS)
+    """The status a local run's supervisor writes (`flowmill run` sets it): the health
+    view's source of each part's state, rates, lag and restarts."""
+    prometheus_url: str | None = Field(
+        default=None, validation_alias=ENV_API_PROMETHEUS_URL, pattern=r"^https?://"
+    )
+    """A Prometheus scraping the Pipeline's pods: the health view's source on a cluster."""
+    prometheus_rate_window: str = Field(default="1m", pattern=r"^[1-9][0-9]*(ms|s|m|h)$")
+    """The range of the health view's rate() queries; at least four of that Prometheus's
+    scrape intervals (1m suits the usual 15 s)."""
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from starlette.requests import HTTPConnection
 
 from flowmill_api.catalog import Catalog
+from flowmill_api.health import HealthReader
 from flowmill_api.live import LiveHub
 from flowmill_api.metrics import ApiMetrics
 from flowmill_api.settings import ApiSettings
@@ -25,6 +26,8 @@ class AppState:
     store: TableStore
     """Reads, through the pipelined pool (flowmill_api.redis_pool)."""
     hub: LiveHub
+    health: HealthReader
+    """The health view's reads (the run's status or Prometheus, and Kafka)."""
 
 
 def app_state(conn: HTTPConnection) -> AppState:

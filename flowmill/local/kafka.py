@@ -11,13 +11,13 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from flowmill.local import ComponentMissing, cache_dir, find_binary
 from flowmill.local.ports import LOOPBACK, StartStop, free_ports, port_open, spawn, tail, terminate
+from flowmill.local.temp_dirs import make_owned_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class EmbeddedKafka(StartStop):
             self._persistent_dir.mkdir(parents=True, exist_ok=True)
             self.data_dir = self._persistent_dir.resolve()
         else:
-            self.data_dir = Path(tempfile.mkdtemp(prefix="flowmill-kafka-"))
+            self.data_dir = make_owned_temp_dir("flowmill-kafka-")
         # Also removes a temporary data dir, which the process-level backstop in ports cannot.
         atexit.register(self.stop)
         try:
@@ -231,6 +231,7 @@ class EmbeddedKafka(StartStop):
             "transaction.state.log.num.partitions": "5",
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": str(self.auto_create_topics).lower(),
+            **self._extra_properties(),
         }
         config = root / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -247,6 +248,16 @@ class EmbeddedKafka(StartStop):
             "log4j.logger.kafka.server.ControllerServer=INFO\n"
         )
         return config
+
+    def _extra_properties(self) -> dict[str, str]:
+        """Broker properties over the defaults above, for a subclass (the tests' broker
+        with TLS and SASL listeners); called once per start attempt, after the ports are
+        chosen."""
+        return {}
+
+    def _format_options(self) -> list[str]:
+        """Options of `kafka-storage format` a subclass adds (e.g. --add-scram)."""
+        return []
 
     def _jvm_options(self) -> list[str]:
         root = self._require_dir()
@@ -276,6 +287,7 @@ class EmbeddedKafka(StartStop):
             random_cluster_id(),
             "-c",
             str(config),
+            *self._format_options(),
         ]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -89,8 +89,14 @@ def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
     return preexec
 
 
-def spawn(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a server process whose stdout and stderr go to log_path.
+def spawn(
+    argv: Sequence[str],
+    log_path: Path,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a server process whose stdout and stderr go to log_path (with `env` as its
+    whole environment when given, else this process's).
 
     The server gets its own session so that Ctrl-C in a terminal reaches only Python, which
     then stops servers in order. So that no server outlives Python, it is stopped at exit
@@ -109,6 +115,7 @@ def spawn(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> subpr
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env=env,
             start_new_session=True,
             # preexec_fn is unsafe with threads only if it takes locks; this one calls two syscalls.
             preexec_fn=preexec,

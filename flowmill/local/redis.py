@@ -7,7 +7,6 @@ import atexit
 import logging
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import redis
 
 from flowmill.local import find_binary
 from flowmill.local.ports import LOOPBACK, StartStop, free_port, spawn, tail, terminate
+from flowmill.local.temp_dirs import make_owned_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class EmbeddedRedis(StartStop):
         began = time.monotonic()
         # Also removes the temporary dir, which the process-level backstop in ports cannot.
         atexit.register(self.stop)
-        self._dir = Path(tempfile.mkdtemp(prefix="flowmill-redis-"))
+        self._dir = make_owned_temp_dir("flowmill-redis-")
         argv = [
             binary,
             "--port", str(self.port),

@@ -15,7 +15,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="use this Kafka instead of starting an embedded broker",
     )
-    parser.add_argument("--redis-url", metavar="URL", help="use this Redis instead of starting one")
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="use this Redis instead of starting one (a URL with a password: set "
+        "FLOWMILL_REDIS_URL, or FLOWMILL_REDIS_PASSWORD, instead: argv shows in ps)",
+    )
     parser.add_argument(
         "--api-port",
         type=int,

@@ -9,7 +9,9 @@ children at once. A signal during start-up aborts it the same clean way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,6 +20,7 @@ from types import FrameType
 from rich.console import Console
 from rich.live import Live
 
+from flowmill import redact
 from flowmill.run.local_run import LocalRun
 from flowmill.run.status_table import RunStatus, plain, render
 
@@ -51,6 +54,7 @@ def run_command(args: argparse.Namespace) -> int:
     from flowmill.manifest import PipelineInvalid
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    redact.install()
     # The admin client that creates topics logs every refused connection; a failure is
     # reported once, by the run, with what to do.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
@@ -88,11 +92,26 @@ def run_command(args: argparse.Namespace) -> int:
             _live_table(run, console, signals.stop)
         else:
             _log_lines(run, console, signals.stop, args.status_interval)
+    except BrokenPipeError:
+        pass  # stdout's reader is gone (as a shell pipe would, stop): below
     finally:
-        console.print("flowmill run: stopping ...")
+        # Ctrl-C of `flowmill run x.yaml | tee log` also ends tee: printing then fails
+        # with EPIPE, and must not keep the run from stopping its children.
+        _say(console, "flowmill run: stopping ...")
         run.stop()
-        console.print("flowmill run: stopped")
+        _say(console, "flowmill run: stopped")
     return 0
+
+
+def _say(console: Console, line: str) -> None:
+    try:
+        console.print(line)
+        sys.stdout.flush()
+    except OSError:
+        # Whoever read stdout is gone: drop what is left, or Python's flush at exit
+        # would fail again and turn the exit code into 120.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _live_table(run: LocalRun, console: Console, stop: threading.Event) -> None:
@@ -116,6 +135,8 @@ def _where(status: RunStatus) -> list[str]:
     if status.api_url:
         lines.append(f"flowmill run: API {status.api_url} (docs {status.docs_url})")
         lines.append(f"flowmill run: dashboard {status.dashboard_url}")
+        if status.health_url:
+            lines.append(f"flowmill run: health {status.health_url}")
     lines += [f"flowmill run: {extra}" for extra in status.extras]
     lines.append(f"flowmill run: logs in {status.log_dir}")
     return lines

@@ -6,9 +6,11 @@ A feed folder holds `feed.json`: the system, its regions and stations (what
 changes: a new snapshot every `period` seconds, `snapshots` of them (0: forever, the
 last one is then served unchanged), drawn from `seed`. Snapshot k of a station is a
 pure function of (seed, station, k), so a feed started twice serves the same data.
-The clock starts at the first request: snapshot k's `last_updated` is that moment plus
-k * period, so a poller that starts late (workers take seconds to start) still sees the
-whole timeline from its first snapshot on.
+The clock starts at the first station_status request: snapshot k's `last_updated` is that
+moment plus k * period, so a status poller that starts late (workers take seconds to start,
+and the station_information poller's pod may be Ready long before it) still sees the whole
+timeline from its first snapshot on. The static feeds say `last_updated` = that moment
+once it has come, and the time of the request before.
 
 Any path ending in one of the GBFS file names is served, so a manifest can keep the real
 feed's path (`/gbfs/en/station_status.json`) and change only the host.
@@ -160,6 +162,10 @@ class GbfsFeed:
                 self._timeline = StatusTimeline(self.config, int(now))
             return self._timeline
 
+    def _static_updated(self, now: float) -> int:
+        timeline = self._timeline
+        return timeline.started if timeline is not None else int(now)
+
     @property
     def started(self) -> int | None:
         return self._timeline.started if self._timeline else None
@@ -167,14 +173,14 @@ class GbfsFeed:
     def document(self, feed: str, base_url: str, now: float | None = None) -> dict[str, Any]:
         """The document `feed` (one of FEEDS) as served at `now`."""
         now = time.time() if now is None else now
-        timeline = self._clock(now)
-        started = timeline.started
-        k = timeline.index_at(now)
         ttl = self.config.period
         if feed == "station_status":
+            timeline = self._clock(now)
+            k = timeline.index_at(now)
             with self._lock:  # snapshots are computed once and memoised
                 stations = timeline.snapshot(k)
             return self._doc(timeline.last_updated(k), ttl, {"stations": stations})
+        started = self._static_updated(now)
         if feed == "station_information":
             return self._doc(started, ttl, {"stations": self.config.stations})
         if feed == "system_regions":

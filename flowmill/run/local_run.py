@@ -22,8 +22,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
+from flowmill.connections import with_redis_credentials
+from flowmill.kafka_security import (
+    PLAINTEXT,
+    KafkaClientSecurity,
+    KafkaSecurityInvalid,
+    refusal_sync,
+)
 from flowmill.local.ports import LOOPBACK, StartStop, free_port, free_ports, port_open, tail
 from flowmill.manifest import load_pipeline
+from flowmill.redact import redact_text, redact_url, secrets_in_environment, url_password
+from flowmill.run.control import Control
 from flowmill.run.gbfs_server import GbfsServer
 from flowmill.run.monitor import Monitor
 from flowmill.run.plan import Connections, children_of
@@ -31,6 +40,11 @@ from flowmill.run.status_table import RunStatus
 from flowmill.run.supervisor import Supervisor
 from flowmill.run.topics import TopicMismatch, ensure_topics
 from flowmill.spec import API_PORT, ENV_BOOTSTRAP_SERVERS, ENV_REDIS_URL, all_topics
+from flowmill.spec.launch import (
+    ENV_API_RUN_STATUS,
+    KAFKA_SECURITY_ENV,
+    TERMINATION_GRACE_PERIOD_S,
+)
 
 if TYPE_CHECKING:
     from flowmill.local.kafka import EmbeddedKafka
@@ -42,6 +56,8 @@ LOCAL_GBFS_ANNOTATION = "flowmill.dev/local-gbfs"
 """On a Pipeline: a folder (relative to the manifest) whose feed.json `flowmill run`
 serves as a GBFS feed at the host and port of the manifest's loopback httpPoll URLs."""
 DASHBOARD_PATH = "/dashboard"
+HEALTH_PATH = "/dashboard/health"
+STATUS_FILE = "status.json"
 DOCS_PATH = "/docs"
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 
@@ -63,7 +79,7 @@ class LocalRun(StartStop):
         with_api: bool = True,
         data_dir: str | os.PathLike[str] | None = None,
         notify: Callable[[str], None] | None = None,
-        stop_grace: float = 10.0,
+        stop_grace: float = TERMINATION_GRACE_PERIOD_S,
     ) -> None:
         self.manifest = Path(manifest).resolve()
         self.pipeline = load_pipeline(self.manifest)
@@ -74,8 +90,18 @@ class LocalRun(StartStop):
             else Path.cwd() / ".flowmill" / self.pipeline.name
         )
         self.log_dir = self.data_dir / "logs"
+        self.status_file = self.data_dir / STATUS_FILE
+        """The status table as JSON, rewritten every second (the API's health view)."""
         self._given_bootstrap = bootstrap_servers or os.environ.get(ENV_BOOTSTRAP_SERVERS)
-        self._given_redis = redis_url or os.environ.get(ENV_REDIS_URL)
+        self.kafka_security = PLAINTEXT
+        """An external Kafka's TLS/SASL (FLOWMILL_KAFKA_*, as the workers read it); the
+        embedded broker is plaintext."""
+        given_redis = redis_url or os.environ.get(ENV_REDIS_URL)
+        # FLOWMILL_REDIS_PASSWORD and the TLS files of the environment, as a worker reads them.
+        self._given_redis = with_redis_credentials(given_redis) if given_redis else None
+        self._secrets = secrets_in_environment()
+        if self._given_redis and (password := url_password(self._given_redis)):
+            self._secrets.add(password)
         self.api_port = api_port
         self.with_api = with_api and self.pipeline.spec.api.enabled
         self.stop_grace = stop_grace
@@ -87,6 +113,8 @@ class LocalRun(StartStop):
         self.gbfs: GbfsServer | None = None
         self.supervisor: Supervisor | None = None
         self.monitor: Monitor | None = None
+        self.control: Control | None = None
+        """Carries out flowmill pause, resume and replay (run/control.py)."""
         self._stopped = False
         self.conn: Connections | None = None
 
@@ -94,15 +122,26 @@ class LocalRun(StartStop):
 
     def start(self) -> Self:
         try:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._claim_api_port()  # before the broker: a busy port should fail in a second
             self.conn = Connections(self._start_kafka(), self._start_redis())
             self._create_topics(self.conn.bootstrap_servers)
             self._start_gbfs()
             self._start_children(self.conn)
             assert self.supervisor is not None
-            self.monitor = Monitor(self.supervisor, self._header)
+            self.monitor = Monitor(self.supervisor, self._header, self.status_file)
             self.monitor.start()
+            assert self.conn is not None
+            self.control = Control(
+                self.data_dir,
+                self.pipeline,
+                self.supervisor,
+                self.conn,
+                self.kafka_security,
+                self.stop_grace,
+                self._notify,
+            )
+            self.control.start()
         except BaseException:
             self.stop()
             raise
@@ -114,10 +153,14 @@ class LocalRun(StartStop):
         if self._stopped:
             return
         self._stopped = True
-        if self.monitor is not None:
-            self.monitor.stop()
+        # Children before the monitor: it restarts crashed ones, and a child dies with
+        # the thread that started it (PR_SET_PDEATHSIG), so that thread must outlive them.
         if self.supervisor is not None:
             self.supervisor.stop_all(self.stop_grace)
+        if self.control is not None:
+            self.control.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         if self.gbfs is not None:
             self.gbfs.stop()
         for server in (self._redis, self._kafka):
@@ -149,6 +192,13 @@ class LocalRun(StartStop):
     def dashboard_url(self) -> str | None:
         return f"{self.api_url}{DASHBOARD_PATH}" if self.api_url else None
 
+    @property
+    def health_url(self) -> str | None:
+        """The dashboard's health view of this Pipeline."""
+        if not self.api_url:
+            return None
+        return f"{self.api_url}{HEALTH_PATH}?pipeline={self.pipeline.name}"
+
     def status(self) -> RunStatus:
         """The newest snapshot of the status table (refreshed every second)."""
         return self.monitor.status() if self.monitor is not None else self._header()
@@ -178,6 +228,10 @@ class LocalRun(StartStop):
 
     def _start_kafka(self) -> str:
         if self._given_bootstrap:
+            try:
+                self.kafka_security = KafkaClientSecurity.from_env()
+            except KafkaSecurityInvalid as err:
+                raise RunFailed(str(err)) from None
             return self._given_bootstrap
         from flowmill.local.kafka import EmbeddedKafka
 
@@ -239,10 +293,16 @@ class LocalRun(StartStop):
 
     def _create_topics(self, bootstrap_servers: str) -> None:
         try:
-            ensure_topics(bootstrap_servers, all_topics(self.pipeline))
+            ensure_topics(
+                bootstrap_servers, all_topics(self.pipeline), security=self.kafka_security
+            )
         except (TopicMismatch, TimeoutError):
             raise
         except Exception as err:  # kafka-python's errors share no useful base class
+            if self.kafka_security.protocol != "PLAINTEXT":
+                why = refusal_sync(bootstrap_servers, self.kafka_security)
+                if why is not None:
+                    raise RunFailed(why) from err
             detail = str(err) if str(err) not in ("", type(err).__name__) else ""
             raise RunFailed(
                 f"could not create topics on Kafka at {bootstrap_servers}: "
@@ -253,9 +313,22 @@ class LocalRun(StartStop):
         specs = children_of(self.pipeline, self.with_api)
         workers = [s for s in specs if s.kind != "api"]
         ports = dict(zip([s.label for s in workers], free_ports(len(workers)), strict=True))
-        self.supervisor = Supervisor(self.manifest, self.workdir, conn, self.log_dir, self._notify)
+        env = dict(os.environ)
+        env[ENV_API_RUN_STATUS] = str(self.status_file)
+        self.status_file.unlink(missing_ok=True)  # an earlier run's, describing dead pids
+        if self._kafka is not None:
+            # The embedded broker is plaintext: an external Kafka's security is not for it.
+            for variable in KAFKA_SECURITY_ENV:
+                env.pop(variable, None)
+        self.supervisor = Supervisor(
+            self.manifest, self.workdir, conn, self.log_dir, self._notify, env=env
+        )
         for spec in specs:
-            self.supervisor.add(spec, self.api_port if spec.kind == "api" else ports[spec.label])
+            child = self.supervisor.add(
+                spec, self.api_port if spec.kind == "api" else ports[spec.label]
+            )
+            # spec.paused: the workers wait for `flowmill resume`; the API serves.
+            child.paused = bool(self.pipeline.spec.paused) and spec.kind != "api"
         self.supervisor.start_all()
 
     def _header(self) -> RunStatus:
@@ -266,15 +339,17 @@ class LocalRun(StartStop):
         return RunStatus(
             pipeline=self.pipeline.name,
             bootstrap_servers=conn.bootstrap_servers if conn else "-",
-            redis_url=conn.redis_url if conn else "-",
+            redis_url=redact_url(conn.redis_url) if conn else "-",
             api_url=self.api_url,
             dashboard_url=self.dashboard_url,
+            health_url=self.health_url,
             docs_url=f"{self.api_url}{DOCS_PATH}" if self.api_url else None,
             log_dir=str(self.log_dir),
             extras=extras,
         )
 
     def _notify(self, message: str) -> None:
+        message = redact_text(message, self._secrets)  # may quote a child's log
         self.events.append(message)
         if self._notify_user is not None:
             self._notify_user(message)
@@ -290,4 +365,4 @@ def _check_redis(url: str) -> None:
         with redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3) as client:
             client.ping()
     except redis.RedisError as err:
-        raise RunFailed(f"Redis at {url} does not answer: {err}") from err
+        raise RunFailed(f"Redis at {redact_url(url)} does not answer: {err}") from err

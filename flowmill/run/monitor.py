@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import orjson
 
 from flowmill.run.stats import Rates, Sample, Scraper
 from flowmill.run.status_table import RowStatus, RunStatus
@@ -23,10 +27,17 @@ SCRAPE_EVERY = 1.0
 class Monitor:
     """Watches one Supervisor's children; status() is safe to call from any thread."""
 
-    def __init__(self, supervisor: Supervisor, header: Callable[[], RunStatus]) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        header: Callable[[], RunStatus],
+        status_file: Path | None = None,
+    ) -> None:
         self.supervisor = supervisor
         self.header = header
         """The status without rows: pipeline, URLs, log folder."""
+        self.status_file = status_file
+        """Where each snapshot is also written as JSON (the API's health view reads it)."""
         self._rates: dict[str, Rates] = {}
         self._rate_now: dict[str, tuple[float, float]] = {}
         self._samples: dict[str, Sample] = {}
@@ -62,6 +73,11 @@ class Monitor:
                     status = self._build()
                     with self._lock:
                         self._status = status
+                    if self.status_file is not None:
+                        try:
+                            write_status_file(self.status_file, status)
+                        except OSError as err:  # the run and its restarts go on regardless
+                            log.warning("could not write %s: %s", self.status_file, err)
                 self._stop.wait(TICK)
         except Exception:  # the run goes on without a table rather than dying silently
             log.exception("the status monitor failed")
@@ -91,7 +107,9 @@ class Monitor:
     def _row(self, child: Child) -> RowStatus:
         spec = child.spec
         sample = self._samples.get(spec.label, Sample())
-        if child.restart_at is not None:
+        if child.paused and not child.alive:
+            state = "paused"
+        elif child.restart_at is not None:
             state = "restarting"
         elif not child.alive:
             if self.supervisor.stopping:
@@ -119,3 +137,14 @@ class Monitor:
             detail=sample.detail,
             log_path=str(child.log_path),
         )
+
+
+def write_status_file(path: Path, status: RunStatus) -> None:
+    """The snapshot as JSON with the time it was taken, replaced atomically so a reader
+    never sees half a file. Only the user may read it: it names pids and log paths."""
+    body = dataclasses.asdict(status) | {"updated_ms": int(time.time() * 1000)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(orjson.dumps(body))
+    os.replace(tmp, path)

@@ -43,6 +43,8 @@ class RunStatus:
     docs_url: str | None
     log_dir: str
     rows: list[RowStatus] = field(default_factory=list)
+    health_url: str | None = None
+    """The dashboard's health view (the graph of sources, topics, steps and sinks)."""
     extras: list[str] = field(default_factory=list)
     """Other things the run serves, e.g. a local GBFS feed."""
 
@@ -107,6 +109,8 @@ def render(status: RunStatus) -> RenderableType:
         lines.append(f"API        {status.api_url}   (OpenAPI docs: {status.docs_url})")
     if status.dashboard_url:
         lines.append(f"Dashboard  {status.dashboard_url}")
+    if status.health_url:
+        lines.append(f"Health     {status.health_url}")
     lines += status.extras
     lines.append(f"Logs       {status.log_dir}   ·   Ctrl-C stops everything")
     return Group(table, Text("\n".join(lines)))

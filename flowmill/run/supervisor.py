@@ -19,10 +19,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from flowmill.local.ports import die_with_parent, tail
+from flowmill.redact import redact_text
 from flowmill.run.plan import ChildSpec, Connections
 
+LOG_MODE = 0o600
+"""Child logs are the user's alone: a library may print what the redaction misses."""
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 30.0
 """A child that ran this long before exiting counts as healthy: its next restart is quick."""
@@ -48,6 +52,9 @@ class Child:
     last_exit: int | None = None
     history: list[int] = field(default_factory=list)
     """pids of every process started for this child, newest last."""
+    paused: bool = False
+    """Stopped on purpose (flowmill pause, a replay): not started or restarted until
+    resumed."""
 
     @property
     def pid(self) -> int | None:
@@ -92,22 +99,45 @@ class Supervisor:
         return child
 
     def start_all(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for child in self.children:
-            self._spawn(child)
+            if not child.paused:
+                self._spawn(child)
+
+    def pause(self, children: list[Child], grace: float = 10.0) -> None:
+        """Stop these children as stop_all does (their positions are durable) and keep
+        them stopped until resume()."""
+        with self._lock:
+            for child in children:
+                child.paused = True
+                child.restart_at = None
+        self._stop(children, grace)
+        for child in children:
+            child.last_exit = None  # stopped on purpose, not an exit to report
+
+    def resume(self, children: list[Child]) -> None:
+        """Start paused children again (from the thread that runs check(), or another
+        that lives until every child stopped: see _spawn)."""
+        for child in children:
+            with self._lock:
+                child.paused = False
+                child.restart_at = None
+            if not child.alive:
+                self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
         with self._lock:
             if self.stopping:
                 return
             argv = child.spec.argv(self.manifest, self.conn, child.port)
-            with open(child.log_path, "ab") as log:
-                log.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
+            with _open_log(child.log_path) as log:
+                command = redact_text(" ".join(argv))
+                log.write(f"--- {time.strftime('%H:%M:%S')} {command}\n".encode())
                 log.flush()
                 child.proc = subprocess.Popen(
                     argv,
                     cwd=self.workdir,
-                    env=self.env,
+                    env=self.env | child.spec.env(self.conn),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -125,6 +155,8 @@ class Supervisor:
         for child in self.children:
             if self.stopping:
                 return
+            if child.paused:
+                continue
             proc = child.proc
             if child.restart_at is not None:
                 if now >= child.restart_at:
@@ -146,11 +178,17 @@ class Supervisor:
             )
 
     def stop_all(self, grace: float = 10.0) -> None:
-        """SIGTERM every child's process group, wait up to `grace` seconds, then SIGKILL
-        what is left; returns once every child has been reaped."""
+        """Stop the sources and steps, then the API: each in turn gets SIGTERM to its
+        process group, up to `grace` seconds, then SIGKILL; returns once every child has
+        been reaped. Workers first, since they still write; the API answers meanwhile."""
         with self._lock:
             self.stopping = True
-        live = [c for c in self.children if c.alive]
+        workers = [c for c in self.children if c.spec.kind != "api"]
+        self._stop(workers, grace)
+        self._stop([c for c in self.children if c.spec.kind == "api"], grace)
+
+    def _stop(self, children: list[Child], grace: float) -> None:
+        live = [c for c in children if c.alive]
         for child in live:
             _signal_group(child, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -176,6 +214,13 @@ class Supervisor:
 
     def pids(self) -> list[int]:
         return [c.pid for c in self.children if c.alive and c.pid is not None]
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """Append to a child's log, created (or, left by an older run, made) LOG_MODE."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+    os.fchmod(fd, LOG_MODE)
+    return os.fdopen(fd, "ab")
 
 
 def _signal_group(child: Child, sig: signal.Signals) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import time
 from typing import Any
 
+from flowmill.kafka_security import PLAINTEXT, KafkaClientSecurity
 from flowmill.spec import PipelineTopic
 
 
@@ -15,7 +16,10 @@ class TopicMismatch(RuntimeError):
 
 
 def ensure_topics(
-    bootstrap_servers: str, topics: list[PipelineTopic], timeout: float = 30.0
+    bootstrap_servers: str,
+    topics: list[PipelineTopic],
+    timeout: float = 30.0,
+    security: KafkaClientSecurity = PLAINTEXT,
 ) -> None:
     """Create the missing topics (replication factor 1: a local broker is one node) and
     wait until every partition has a leader, so no worker starts on a half-made topic.
@@ -31,6 +35,10 @@ def ensure_topics(
         bootstrap_servers=bootstrap_servers,
         client_id="flowmill-run",
         request_timeout_ms=int(timeout * 1000),
+        # Its 2 s default is too short for a TLS handshake and a SCRAM exchange on a busy
+        # machine, and kafka-python then reports NoBrokersAvailable.
+        api_version_auto_timeout_ms=int(timeout * 1000),
+        **security.kwargs(),
     )
     try:
         for topic in topics:

@@ -2,11 +2,13 @@
 all read."""
 
 from flowmill.spec.common import duration_seconds
+from flowmill.spec.faust_step import FaustSpec
 from flowmill.spec.launch import (
     API_PORT,
     ENV_API_KEYS_DIR,
     ENV_BOOTSTRAP_SERVERS,
     ENV_REDIS_URL,
+    FAUST_CODE_MOUNT,
     POD_LISTEN_ADDRESS,
     RESERVED_ENV,
     WORKER_METRICS_PORT,
@@ -28,12 +30,14 @@ from flowmill.spec.pod_template import PodTemplate
 from flowmill.spec.sinks import SinkSpec
 from flowmill.spec.sources import SourceSpec
 from flowmill.spec.status import PipelineStatus
-from flowmill.spec.steps import Aggregate, StepAutoscaling, StepSpec, WindowSpec
+from flowmill.spec.steps import Aggregate, SessionSpec, StepAutoscaling, StepSpec, WindowSpec
 from flowmill.spec.topology import (
     PipelineTopic,
     all_topics,
     changelog_topic,
     consumer_group,
+    faust_app_id,
+    faust_changelog_topic,
     mirror_group,
     source_transactional_id,
     step_transactional_id,
@@ -46,6 +50,7 @@ __all__ = [
     "ENV_API_KEYS_DIR",
     "ENV_BOOTSTRAP_SERVERS",
     "ENV_REDIS_URL",
+    "FAUST_CODE_MOUNT",
     "GROUP",
     "KIND",
     "PLURAL",
@@ -55,11 +60,13 @@ __all__ = [
     "WORKER_METRICS_PORT",
     "WORKING_DIR",
     "Aggregate",
+    "FaustSpec",
     "Pipeline",
     "PipelineSpec",
     "PipelineStatus",
     "PipelineTopic",
     "PodTemplate",
+    "SessionSpec",
     "SinkSpec",
     "SourceSpec",
     "StepAutoscaling",
@@ -71,6 +78,8 @@ __all__ = [
     "changelog_topic",
     "consumer_group",
     "duration_seconds",
+    "faust_app_id",
+    "faust_changelog_topic",
     "mirror_group",
     "source_transactional_id",
     "step_transactional_id",

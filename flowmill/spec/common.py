@@ -128,3 +128,12 @@ def cel_rule(rule: str, message: str, field_path: str | None = None) -> JsonDict
 def exactly_one_of_rule(fields: list[str]) -> str:
     """CEL that holds when exactly one of the optional `fields` is set."""
     return "[" + ", ".join(f"has(self.{f})" for f in fields) + "].filter(x, x).size() == 1"
+
+
+class SecretKeyRef(SpecModel):
+    """A key of a Secret in the Pipeline's namespace."""
+
+    name: Name
+    """Secret name."""
+    key: str = Field(min_length=1, max_length=253)
+    """Key inside the Secret."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from flowmill.spec.common import (
     Duration,
@@ -26,6 +27,12 @@ class GeoFields(SpecModel):
     """Longitude field (degrees)."""
 
 
+TIMESTAMP_NEEDS_WINDOW_RECORDS = (
+    "sink.kafka.timestamp stamps window records: set emit updates or final (events keep "
+    "the producer's time)"
+)
+
+
 class RedisSink(SpecModel):
     """A serving table in Redis that the API reads; values are written absolutely, so a
     replay after a crash rewrites the same value instead of adding to it."""
@@ -43,10 +50,46 @@ class RedisSink(SpecModel):
 class KafkaSink(SpecModel):
     """Write results to a topic, where further steps or other systems read them."""
 
+    model_config = SpecModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel_rule(
+                    "!has(self.timestamp) || self.timestamp == 'start' || "
+                    "(has(self.emit) && self.emit != 'events')",
+                    TIMESTAMP_NEEDS_WINDOW_RECORDS,
+                    ".timestamp",
+                )
+            ]
+        }
+    }
+
     topic: TopicName
     """Output topic; must be declared in spec.topics."""
     key: FieldPath | None = None
-    """Field used as the message key; defaults to the step's keyBy."""
+    """Field used as the message key; defaults to the step's keyBy. Window records
+    (`emit` updates or final) are keyed by their window's key."""
+    emit: Literal["events", "updates", "final"] = "events"
+    """What the topic receives. `events`: each event the step outputs. On a window step
+    with a redis sink, its windows instead: `final`, each window once, when the table's
+    watermark passes its end plus allowedLateness; `updates` (tumbling and hopping), a
+    window's aggregates each time a batch changes them. A window record's value holds the
+    keyBy field, `start` and `end` (epoch ms; sessions also `last_event`), the aggregates,
+    `final` and `watermark`; its timestamp is set by `timestamp`. Written in Kafka
+    transactions from the table's own fenced writes, so read_committed consumers see each
+    window record exactly once, also after a crash."""
+    timestamp: Literal["start", "end", "emitted"] = "start"
+    """The Kafka timestamp of a window record (emit updates or final): `start`, the
+    window's start; `end`, its last millisecond (end - 1, so the record falls inside its
+    own window, as Flink stamps window results); `emitted`, the moment it is written.
+    Kafka's retention counts from record timestamps, so windows of old data (a replay)
+    stamped `start` or `end` may be deleted at once; `emitted` keeps them for the
+    topic's retention.ms."""
+
+    @model_validator(mode="after")
+    def _timestamp_of_window_records(self) -> Self:
+        if self.timestamp != "start" and self.emit == "events":
+            raise ValueError(TIMESTAMP_NEEDS_WINDOW_RECORDS)
+        return self
 
 
 class S3Target(SpecModel):
@@ -62,6 +105,22 @@ class S3Target(SpecModel):
     """Bucket region."""
     credentials_secret: str | None = Field(default=None, max_length=253)
     """Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, mounted as environment."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_a_host(cls, value: str | None) -> str | None:
+        # The workers hand pyarrow the host and the scheme apart; a path or another scheme
+        # would be dropped silently there.
+        if value is None:
+            return value
+        parts = urlsplit(value if "://" in value else f"//{value}")
+        if parts.scheme not in ("", "http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not http(s)://host[:port] or host[:port]")
+        if parts.username is not None:  # not echoed: it may hold a password
+            raise ValueError("holds a user name; credentials come from credentialsSecret")
+        if parts.path.strip("/") or parts.query:
+            raise ValueError(f"{value!r} holds more than a scheme, host and port")
+        return value
 
 
 class ParquetSink(SpecModel):

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from flowmill.redact import url_password
 from flowmill.spec.common import (
     Duration,
     FieldPath,
     Name,
+    SecretKeyRef,
     SpecModel,
     TopicName,
     cel_rule,
     exactly_one_of_rule,
 )
+from flowmill.spec.launch import http_header_env
 from flowmill.spec.pod_template import PodTemplate
 
 SOURCE_KINDS = ["httpPoll", "fileReplay", "generator", "kafka"]
@@ -31,7 +36,11 @@ class HttpPollSource(SpecModel):
     """Path to an array in the document (e.g. data.stations); each element becomes one
     event. Without it the whole document is one event."""
     headers: dict[str, str] = Field(default_factory=dict, max_length=32)
-    """Extra request headers (e.g. an API key)."""
+    """Extra request headers that are not secret (the spec is readable by whoever reads
+    the Pipeline); Authorization and the like go in headersFrom."""
+    headers_from: dict[str, SecretKeyRef] | None = Field(default=None, max_length=16)
+    """Request headers whose values are Secret keys, e.g. {Authorization: {name: feed,
+    key: header}} with the Secret holding `Bearer <token>`."""
     timeout: Duration = "10s"
     """How long one request may take before it counts as a failure."""
     honour_ttl: bool = True
@@ -39,6 +48,56 @@ class HttpPollSource(SpecModel):
     stamp_field: FieldPath | None = "last_updated"
     """Field copied from the document onto each exploded event, so events keep the
     snapshot time; unset to copy nothing."""
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        if url_password(value) is not None:
+            raise PydanticCustomError("password_in_url", HTTP_URL_PASSWORD_REFUSED)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, str]) -> dict[str, str]:
+        secret = sorted(h for h in value if h.lower() in CREDENTIAL_HEADERS)
+        if secret:
+            raise PydanticCustomError(
+                "credential_header",
+                "{headers} carry credentials, which the spec would show to anyone who can "
+                "read the Pipeline: put the values in a Secret and name it in headersFrom",
+                {"headers": ", ".join(secret)},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_headers(self) -> Self:
+        secret = self.headers_from or {}
+        both = {h.lower() for h in self.headers} & {h.lower() for h in secret}
+        if both:
+            raise ValueError(f"headers and headersFrom both set {', '.join(sorted(both))}")
+        variables: dict[str, str] = {}
+        for header in secret:
+            if not _HEADER_NAME.match(header):
+                raise ValueError(f"headersFrom: {header!r} is not an HTTP header name")
+            variable = http_header_env("x", header)
+            if variable in variables:
+                raise ValueError(
+                    f"headersFrom: {variables[variable]!r} and {header!r} differ only in "
+                    "punctuation or case"
+                )
+            variables[variable] = header
+        return self
+
+
+HTTP_URL_PASSWORD_REFUSED = (
+    "carries a password, which the spec would show to anyone who can read the Pipeline "
+    "(and its ConfigMap): put `Basic <base64 of user:password>` in a Secret and name it in "
+    "headersFrom: {Authorization: {name: ..., key: ...}}"
+)
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+"""Headers refused in httpPoll.headers: their values are credentials."""
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+"""An HTTP field name (RFC 9110 token)."""
 
 
 class FileReplaySource(SpecModel):

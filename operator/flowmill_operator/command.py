@@ -7,6 +7,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from flowmill.spec.launch import API_HEADER_TIMEOUT_S, API_MAX_CONNECTIONS, STOP_GRACE_S
+
 if TYPE_CHECKING:  # the settings module is light, but keep --help's imports minimal
     from flowmill_operator.settings import RenderSettings
 
@@ -41,13 +43,43 @@ def _render_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="PodDisruptionBudgets for steps and the API",
     )
+    api = parser.add_argument_group("the APIs' connections", "for every Pipeline's API")
+    api.add_argument(
+        "--api-header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close a connection whose request headers are not complete this long "
+        f"(default {API_HEADER_TIMEOUT_S:g})",
+    )
+    api.add_argument(
+        "--api-max-connections",
+        type=int,
+        metavar="N",
+        help=f"open connections per API pod; beyond, newcomers get 503 (default {API_MAX_CONNECTIONS})",
+    )
+    api.add_argument(
+        "--api-stop-grace",
+        type=float,
+        metavar="SECONDS",
+        help=f"after SIGTERM, how long open requests and streams may last (default {STOP_GRACE_S})",
+    )
+    api.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        help="a Prometheus scraping the pods: the health view's source of rates, lag, restarts",
+    )
     defaults = parser.add_argument_group(
         "platform defaults", "for Pipelines whose spec.kafka or spec.redis is empty"
     )
     defaults.add_argument("--default-kafka-cluster", metavar="NAME", help="Strimzi Kafka resource")
     defaults.add_argument("--default-kafka-namespace", metavar="NS", help="its namespace")
     defaults.add_argument("--default-bootstrap-servers", metavar="HOST:PORT")
-    defaults.add_argument("--default-redis-url", metavar="URL")
+    defaults.add_argument("--default-redis-url", metavar="URL", help="without a password")
+    defaults.add_argument(
+        "--default-redis-secret",
+        metavar="NAME",
+        help="Secret (in each Pipeline's namespace) whose key `url` holds the Redis URL",
+    )
 
 
 def _render_settings(args: argparse.Namespace) -> RenderSettings:
@@ -65,6 +97,11 @@ def _render_settings(args: argparse.Namespace) -> RenderSettings:
         default_kafka_namespace=args.default_kafka_namespace,
         default_bootstrap_servers=args.default_bootstrap_servers,
         default_redis_url=args.default_redis_url,
+        default_redis_secret=args.default_redis_secret,
+        api_header_timeout_seconds=args.api_header_timeout,
+        api_max_connections=args.api_max_connections,
+        api_stop_grace_seconds=args.api_stop_grace,
+        prometheus_url=args.prometheus_url,
         pod_monitor=True if getattr(args, "pod_monitor", False) else None,
     )
 
@@ -123,10 +160,12 @@ def _operator(args: argparse.Namespace) -> int:
 
     import kopf
 
+    from flowmill import redact
     from flowmill_operator.runner import SetupError, run
     from flowmill_operator.settings import OperatorSettings
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    redact.install()
     namespaces = () if args.all_namespaces else tuple(args.namespace or ()) or None
     try:
         settings = OperatorSettings.from_env(

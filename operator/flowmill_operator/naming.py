@@ -28,6 +28,8 @@ AUTOSCALER_ANNOTATION = "flowmill.dev/autoscaler"
 """Pipeline annotation ("hpa"/"keda") choosing the autoscaler for all its steps whose
 autoscaling sets no kind, overriding the operator's setting."""
 
+WORKER_CONTAINER = "worker"
+"""The container of a source's or step's pod (KEDA's TriggerAuthentication reads its env)."""
 CONFIG_MOUNT = "/etc/flowmill"
 CONFIG_KEY = "pipeline.yaml"
 PIPELINE_FILE = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
@@ -43,6 +45,13 @@ def source_deployment(pipeline: str, source: str) -> str:
 
 def step_deployment(pipeline: str, step: str) -> str:
     return f"{pipeline}-step-{step}"
+
+
+def replay_job(pipeline: str, step: str, request_id: str) -> str:
+    """The reset Job of one replay request: a new id is a new Job (a Job's pod template
+    cannot change, and the old one's outcome belongs to the old request)."""
+    digest = hashlib.sha256(request_id.encode()).hexdigest()[:8]
+    return f"{pipeline}-replay-{step}"[:54].rstrip("-") + f"-{digest}"
 
 
 def api_deployment(pipeline: str) -> str:

@@ -15,19 +15,35 @@ from typing import Any
 
 from flowmill.manifest import PipelineInvalid, parse_pipeline
 from flowmill.spec import API_VERSION, KIND, PLURAL, Pipeline, all_topics
+from flowmill.spec.graph import dead_letter_topics
 from flowmill_operator import naming
 from flowmill_operator.kube import Kind, KubeClient, KubeError, gather_limited, kind_of
 from flowmill_operator.render import Manifest, Rendered, RenderError, render
 from flowmill_operator.render.autoscaling import KEDA_API_VERSION
 from flowmill_operator.render.context import kafka_target
 from flowmill_operator.settings import OperatorSettings, RenderSettings
-from flowmill_operator.status import Observation, invalid_status, pipeline_status
-from flowmill_operator.topic_admin import KafkaAdminError, TopicAdmin, TopicSync
+from flowmill_operator.status import (
+    Observation,
+    dead_letter_events,
+    invalid_status,
+    pipeline_status,
+    replayed_id,
+    restart_events,
+)
+from flowmill_operator.table_state import TableStateReader
+from flowmill_operator.topic_admin import (
+    DeadLetterCount,
+    KafkaAdminError,
+    TopicAdmin,
+    TopicSync,
+)
 
 log = logging.getLogger("flowmill.operator")
 
 PIPELINES = Kind(API_VERSION, KIND, PLURAL)
 HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+PODS = Kind("v1", "Pod", "pods")
+"""Read only, for their restarts (status.restarts, WorkerRestarted Events)."""
 # Every kind a Pipeline may own in its namespace: what pruning looks through.
 OWNED_KINDS = (
     Kind("v1", "ConfigMap", "configmaps"),
@@ -36,7 +52,9 @@ OWNED_KINDS = (
     HPA,
     Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     Kind(KEDA_API_VERSION, "ScaledObject", "scaledobjects"),
+    Kind(KEDA_API_VERSION, "TriggerAuthentication", "triggerauthentications"),
     Kind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors"),
+    Kind("batch/v1", "Job", "jobs"),  # a replay's reset (render/replay.py)
 )
 APPLY_CONCURRENCY = 8
 RECONCILE_CONCURRENCY = 16
@@ -103,7 +121,7 @@ def explain_apply_error(manifest: Manifest, err: KubeError) -> str:
     # A kind the cluster does not serve answers a bare "404 page not found".
     if err.status == 404 and manifest["kind"] == "KafkaTopic":
         return f"{what} is not served: install Strimzi, or set the operator's Strimzi API version"
-    if err.status == 404 and manifest["kind"] == "ScaledObject":
+    if err.status == 404 and manifest["kind"] in ("ScaledObject", "TriggerAuthentication"):
         return f"{what} is not served: install KEDA, or use autoscaling kind hpa"
     if err.status == 404:
         return f"{what} is not served by this cluster: {err}"
@@ -132,6 +150,8 @@ class Reconciler:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._running = asyncio.Semaphore(RECONCILE_CONCURRENCY)
         self._applied: dict[str, _Applied] = {}
+        self.tables = TableStateReader()
+        """Reads the serving tables' state from each Pipeline's Redis, for status."""
 
     async def warm_up(self) -> None:
         """Pay one-time costs at startup rather than on the first Pipeline: the spec
@@ -185,7 +205,13 @@ class Reconciler:
         try:
             pipeline = parse_pipeline(_as_manifest(body), f"Pipeline {namespace}/{meta['name']}")
             settings = await self.render_settings(pipeline)
-            rendered = render(pipeline, settings, namespace=namespace, uid=meta["uid"])
+            rendered = render(
+                pipeline,
+                settings,
+                namespace=namespace,
+                uid=meta["uid"],
+                replayed=replayed_id(previous),
+            )
         except (PipelineInvalid, RenderError) as err:
             message = "; ".join(str(e) for e in err.errors)
             outcome.valid = False
@@ -209,6 +235,8 @@ class Reconciler:
         still_wanted = {t.name for t in all_topics(pipeline)}
         prune_errors = list_errors + await self._prune(owned, rendered, outcome, still_wanted)
         self._find_autoscalers(pipeline, namespace, rendered, seen)
+        seen.tables = await self.tables.read(pipeline, settings)
+        seen.pods = await self._list_pods(pipeline, namespace)
         outcome.status = pipeline_status(
             pipeline,
             rendered,
@@ -220,7 +248,36 @@ class Reconciler:
         )
         await self._write_status(namespace, meta["name"], outcome.status, previous)
         self._transition_events(previous, outcome)
+        outcome.events += restart_events(previous, outcome.status, seen)
+        outcome.events += dead_letter_events(previous, outcome.status, seen)
+        replay = outcome.status.get("replay")
+        if (
+            replay is not None
+            and replay["phase"] == "Succeeded"
+            and replayed_id(previous) != replay["id"]
+        ):
+            # The reset is done: scale the step back now, not at the next resync (the
+            # status just written says so, which is what the next render goes by).
+            outcome.events.append(
+                ("Normal", "Replayed", f"step {replay['step']} reset for replay {replay['id']}")
+            )
+            again = await self._reconcile({**body, "status": outcome.status})
+            again.created = outcome.created + again.created
+            again.events = outcome.events + again.events
+            again.pruned = outcome.pruned + again.pruned
+            return again
         return outcome
+
+    async def _list_pods(self, pipeline: Pipeline, namespace: str) -> list[Manifest] | None:
+        """The Pipeline's pods, or None when they cannot be listed (an operator installed
+        before it was allowed to read pods): its restarts are then unknown, nothing else."""
+        try:
+            return await self.kube.list(PODS, namespace, naming.child_selector(pipeline.name))
+        except KubeError as err:
+            if _transient(err):
+                raise
+            log.warning("Pipeline %s/%s: cannot list pods: %s", namespace, pipeline.name, err)
+            return None
 
     async def _sync_admin_topics(
         self,
@@ -238,12 +295,20 @@ class Reconciler:
         wanted = all_topics(pipeline)
         gone = sorted(ours - {t.name for t in wanted})
 
-        def sync() -> tuple[TopicSync, list[str]]:
+        dead_topics = {t: pipeline.spec.topic(t).partitions for t in dead_letter_topics(pipeline)}
+
+        def sync() -> tuple[TopicSync, list[str], dict[str, DeadLetterCount] | None]:
             with TopicAdmin(servers) as admin:
-                return admin.sync(wanted, ours), admin.delete(gone)
+                synced, deleted = admin.sync(wanted, ours), admin.delete(gone)
+                try:
+                    dead = admin.dead_letters(dead_topics)
+                except KafkaAdminError as err:  # the topics are synced; only the count is lost
+                    log.warning("Pipeline %s: counting dead letters: %s", pipeline.name, err)
+                    dead = None
+                return synced, deleted, dead
 
         try:
-            synced, deleted = await asyncio.to_thread(sync)
+            synced, deleted, seen.dead_letters = await asyncio.to_thread(sync)
         except KafkaAdminError as err:
             seen.topic_error = str(err)
             outcome.retry = f"syncing topics: {err}"

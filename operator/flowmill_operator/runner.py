@@ -105,6 +105,7 @@ async def run(
     finally:
         if runtime.reconciler is not None:
             await runtime.reconciler.kube.aclose()
+            await runtime.reconciler.tables.close()
 
 
 class OperatorThread:

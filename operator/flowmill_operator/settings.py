@@ -14,7 +14,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from flowmill.redact import url_password
 from flowmill.settings import FlowmillSettings, split_list
+from flowmill.spec.launch import API_HEADER_TIMEOUT_S, API_MAX_CONNECTIONS, STOP_GRACE_S
 
 AutoscalerKind = Literal["hpa", "keda"]
 PodMonitorMode = Literal["auto", "always", "never"]
@@ -68,7 +70,51 @@ class RenderSettings(FlowmillSettings):
     default_bootstrap_servers: str | None = None
     """Bootstrap servers for them; unset: Strimzi's {cluster}-kafka-bootstrap service."""
     default_redis_url: str | None = None
-    """Redis for Pipelines whose spec.redis is empty."""
+    """Redis for Pipelines whose spec.redis is empty, without a password (refused: it
+    would be rendered into every Deployment); one with a password goes in a Secret,
+    named by default_redis_secret."""
+    default_redis_secret: str | None = None
+    """Secret holding the whole default Redis URL, password included, which the workers
+    read through a secretKeyRef: it must exist, under this name, in each Pipeline's
+    namespace (a pod reads Secrets of its own namespace only)."""
+    default_redis_secret_key: str = "url"
+    """The key of that Secret."""
+    prometheus_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]")
+    """A Prometheus that scrapes the Pipelines' pods (e.g.
+    http://prometheus.monitoring.svc:9090), given to every API as
+    FLOWMILL_API_PROMETHEUS_URL: the health view reads the workers' rates, lag, replicas and
+    restarts from it. Unset: the view shows Kafka's side only (topics, dead letters)."""
+    # How every Pipeline's API treats its connections: the platform's load balancers and
+    # clients decide these, not one Pipeline (its proxies are spec.api.trustedProxies).
+    api_header_timeout_seconds: float = Field(default=API_HEADER_TIMEOUT_S, gt=0, le=3600)
+    """The API closes a connection whose request headers are not complete this long after
+    it opened or after its previous response (`flowmill api --header-timeout`)."""
+    api_max_connections: int = Field(default=API_MAX_CONNECTIONS, ge=1, le=1_000_000)
+    """Open connections per API pod; beyond, a newcomer gets 503 (`--max-connections`)."""
+    api_stop_grace_seconds: float = Field(default=STOP_GRACE_S, gt=0, le=3600)
+    """After SIGTERM, how long the API's open requests and streams may last
+    (`--stop-grace`); its pods' terminationGracePeriodSeconds is this plus the slack."""
+
+    @field_validator("default_redis_url")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value and url_password(value) is not None:
+            raise ValueError(
+                "carries a password, which would be rendered into every worker Deployment: "
+                "put the URL in a Secret and name it in FLOWMILL_DEFAULT_REDIS_SECRET "
+                "(chart: redis.defaultUrlSecret)"
+            )
+        return value
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value and url_password(value) is not None:
+            raise ValueError(
+                "carries a password, which would be rendered into every API Deployment: "
+                "give the API a Prometheus (or a proxy) that needs none"
+            )
+        return value
 
 
 class OperatorSettings(FlowmillSettings):

@@ -29,7 +29,9 @@ from kafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
+from flowmill.kafka_security import KafkaClientSecurity, KafkaSecurityInvalid, refusal_sync
 from flowmill.spec import PipelineTopic
+from flowmill.spec.topology import DEAD_LETTER_REASON_HEADER
 
 TopicState = Literal["Ready", "ShrinkRefused", "Failed"]
 
@@ -67,6 +69,14 @@ class TopicReport:
         return entry
 
 
+@dataclass(frozen=True)
+class DeadLetterCount:
+    """One dead-letter topic: how many records it holds and the newest one's reason."""
+
+    records: int
+    newest_reason: str = ""
+
+
 @dataclass
 class TopicSync:
     """What one sync found and did."""
@@ -85,18 +95,40 @@ class TopicSync:
 class TopicAdmin:
     """One admin connection to one Kafka cluster; use as a context manager."""
 
-    def __init__(self, bootstrap_servers: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        security: KafkaClientSecurity | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """`security` unset: the operator's own, from its environment (the chart's
+        kafka.admin values)."""
         self.bootstrap_servers = bootstrap_servers
         self.timeout = timeout
+        try:
+            self.security = security or KafkaClientSecurity.from_env()
+        except KafkaSecurityInvalid as err:
+            raise KafkaAdminError(f"the operator's {err}") from err
         try:
             self._admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap_servers,
                 client_id=CLIENT_ID,
                 request_timeout_ms=int(timeout * 1000),
                 api_version_auto_timeout_ms=int(timeout * 1000),
+                **self.security.kwargs(),
             )
         except KafkaError as err:
-            raise KafkaAdminError(f"Kafka at {bootstrap_servers}: {err}") from err
+            raise self._error(err) from err
+
+    def _error(self, err: KafkaError) -> KafkaAdminError:
+        """kafka-python words a refused login as an incompatible broker version; a
+        direct connection says what Kafka refused instead."""
+        if self.security.protocol != "PLAINTEXT":
+            why = refusal_sync(self.bootstrap_servers, self.security, self.timeout)
+            if why is not None:
+                return KafkaAdminError(why)
+        return KafkaAdminError(f"Kafka at {self.bootstrap_servers}: {err}")
 
     def __enter__(self) -> TopicAdmin:
         return self
@@ -108,6 +140,53 @@ class TopicAdmin:
         with contextlib.suppress(Exception):
             self._admin.close()
 
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letters(self, topics: dict[str, int]) -> dict[str, DeadLetterCount]:
+        """Per dead-letter topic (name: partitions), the records it holds (the sum of the
+        partitions' end offsets: transaction markers count too) and the newest record's
+        reason (its DEAD_LETTER_REASON_HEADER). One consumer that joins no group."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        if not topics:
+            return {}
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=CLIENT_ID,
+                enable_auto_commit=False,
+                request_timeout_ms=int(self.timeout * 1000) + 1,
+                api_version_auto_timeout_ms=int(self.timeout * 1000),
+                consumer_timeout_ms=int(self.timeout * 1000),
+                **self.security.kwargs(),
+            )
+        except KafkaError as err:
+            raise self._error(err) from err
+        try:
+            tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
+            ends = consumer.end_offsets(tps)
+            out = {t: DeadLetterCount(0) for t in topics}
+            newest: dict[str, tuple[int, str]] = {}
+            for tp, end in ends.items():
+                out[tp.topic] = DeadLetterCount(out[tp.topic].records + end)
+                if end <= 0:
+                    continue
+                consumer.assign([tp])
+                consumer.seek(tp, end - 1)
+                for record in consumer.poll(timeout_ms=int(self.timeout * 1000)).get(tp, []):
+                    headers = dict(record.headers or [])
+                    reason = headers.get(DEAD_LETTER_REASON_HEADER, b"").decode("utf-8", "replace")
+                    if record.timestamp >= newest.get(tp.topic, (-1, ""))[0]:
+                        newest[tp.topic] = (record.timestamp, reason)
+            for topic, (_, reason) in newest.items():
+                out[topic] = DeadLetterCount(out[topic].records, reason)
+            return out
+        except KafkaError as err:
+            raise self._error(err) from err
+        finally:
+            with contextlib.suppress(Exception):
+                consumer.close()
+
     # -- sync ------------------------------------------------------------------------------
 
     def sync(self, wanted: list[PipelineTopic], created_before: Collection[str]) -> TopicSync:
@@ -118,7 +197,7 @@ class TopicAdmin:
         try:
             return self._sync(wanted, set(created_before))
         except KafkaError as err:
-            raise KafkaAdminError(f"Kafka at {self.bootstrap_servers}: {err}") from err
+            raise self._error(err) from err
 
     def _sync(self, wanted: list[PipelineTopic], created_before: set[str]) -> TopicSync:
         sync = TopicSync()
@@ -215,7 +294,7 @@ class TopicAdmin:
                         self._admin.delete_topics([name])
                 deleted.append(name)
         except KafkaError as err:
-            raise KafkaAdminError(f"Kafka at {self.bootstrap_servers}: {err}") from err
+            raise self._error(err) from err
         return deleted
 
     # -- reading ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from flowmill.local.kafka import EmbeddedKafka
 from flowmill.local.ports import LOOPBACK, free_port, spawn, tail, terminate
 from flowmill.spec import Pipeline
 from flowmill_api import ApiSettings, create_app
+from flowmill_api.server import ServerLimits, server_config
 from tests.harness.waiting import unique
 from tests.workers.harness import create_topics, pipeline, produce, run_step
 
@@ -48,12 +49,14 @@ class ApiServer:
     """uvicorn serving an app on a free loopback port, in a thread with its own loop (so
     the app's Redis pool lives on the loop that serves it, as in production)."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, limits: ServerLimits | None = None) -> None:
         self.port = free_port()
-        config = uvicorn.Config(
+        # The configuration `flowmill api` serves with (its protocol, proxies, limits).
+        config = server_config(
             app,
-            host="127.0.0.1",
-            port=self.port,
+            "127.0.0.1",
+            self.port,
+            limits or ServerLimits(),
             log_level="warning",
             timeout_graceful_shutdown=2,
         )
@@ -78,8 +81,10 @@ class ApiServer:
         self.thread.join(10)
 
 
-def serve(pipelines: list[Pipeline], redis_url: str, **settings: Any) -> ApiServer:
-    return ApiServer(create_app(pipelines, redis_url, ApiSettings(**settings)))
+def serve(
+    pipelines: list[Pipeline], redis_url: str, limits: ServerLimits | None = None, **settings: Any
+) -> ApiServer:
+    return ApiServer(create_app(pipelines, redis_url, ApiSettings(**settings)), limits)
 
 
 @contextlib.contextmanager

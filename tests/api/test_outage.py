@@ -51,10 +51,13 @@ def data_paths(served: Served) -> list[str]:
 
 
 def test_redis_loading_its_data_is_a_503(served: Served, tmp_path: Path) -> None:
+    # Robust on a loaded machine: loading lasts about a minute (the test needs a few
+    # seconds of it), and a loading Redis slow to reply is still waited for long enough
+    # to say LOADING (the 2 s default timeout turned such replies into TimeoutError).
     with (
-        loading_redis(tmp_path) as url,
-        serve([served.pipeline], url) as api,
-        httpx.Client(base_url=api.url, timeout=10) as client,
+        loading_redis(tmp_path, keys=60_000) as url,
+        serve([served.pipeline], url, redis_timeout_seconds=15) as api,
+        httpx.Client(base_url=api.url, timeout=60) as client,
     ):
         for path in data_paths(served):
             r = client.get(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -65,18 +66,36 @@ async def test_websocket_needs_a_key(secured: tuple[ApiServer, str]) -> None:
         assert '"ready"' in str(await ws.recv())
 
 
-def test_rate_limit_per_client(secured: tuple[ApiServer, str]) -> None:
-    server, _ = secured
-    with httpx.Client(base_url=server.url) as http:
-        # key-three is used by no other test, so its bucket starts full here.
-        one = {"X-API-Key": "key-three"}
-        statuses = [http.get("/pipelines", headers=one).status_code for _ in range(12)]
-        assert statuses.count(429) >= 5 and statuses[:4] == [200] * 4
-        limited = http.get("/pipelines", headers=one)
-        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+def test_rate_limit_per_client(redis_server: EmbeddedRedis) -> None:
+    """A server of its own with a slow refill (one request per 4 s after a burst of 3), so
+    the count depends on how long the requests took, which the test measures, rather
+    than on the machine being fast enough to send 12 requests within a second."""
+    rate, burst, sent = 0.25, 3, 8
+    if not redis_server.running:
+        redis_server.start()
+    with (
+        serve(
+            [build_pipeline("rate")],
+            redis_server.url,
+            api_keys=frozenset({"one", "two"}),
+            rate_limit=rate,
+            rate_burst=burst,
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=10) as http,
+    ):
+        one = {"X-API-Key": "one"}
+        started = time.monotonic()
+        responses = [http.get("/pipelines", headers=one) for _ in range(sent)]
+        refilled = int((time.monotonic() - started) * rate)
+        statuses = [r.status_code for r in responses]
+        assert statuses[:burst] == [200] * burst, statuses
+        assert statuses.count(200) <= burst + refilled, (statuses, refilled)
+        assert set(statuses) == {200, 429}, statuses
+        limited = next(r for r in responses if r.status_code == 429)
+        assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["error"] == "rate_limited"
         # Another client (key) has its own budget; probes are never limited.
-        assert http.get("/pipelines", headers={"X-API-Key": "key-two"}).status_code == 200
+        assert http.get("/pipelines", headers={"X-API-Key": "two"}).status_code == 200
         assert all(http.get("/healthz").status_code == 200 for _ in range(20))
 
 

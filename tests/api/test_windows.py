@@ -3,10 +3,28 @@ windows and keys, top-N by each aggregate, against values computed from the even
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import Receive, Scope, Send
 
-from tests.api.harness import MINUTE, REGIONS, Served, assert_window, expected_windows
+from flowmill_api import ApiSettings, create_app
+from flowmill_api.app import FlowmillApp
+from flowmill_api.fastpath import FastPath
+from tests.api.harness import (
+    MINUTE,
+    REGIONS,
+    ApiServer,
+    Served,
+    assert_window,
+    expected_windows,
+)
+
+ORIGIN = "http://dashboard.example.test"
+HOST = {"Host": "api.example.test"}
+"""One Host for both servers, so a redirect's Location is the same."""
 
 
 def starts_of(served: Served, region: str) -> list[int]:
@@ -175,20 +193,105 @@ def test_bad_parameters_are_422s_naming_them(
     assert f"'{parameter}'" in body["detail"]
 
 
-def test_fast_path_and_routes_answer_alike(http: httpx.Client, served: Served) -> None:
-    """The hottest routes are answered by flowmill_api.fastpath when their query is plain;
-    an extra parameter sends the same request through the FastAPI route instead."""
-    base = served.base("regions")
-    for path in (
-        f"{base}/keys/north/windows/current",
-        f"{base}/keys/north/windows/latest?n=3",
-        f"{base}/windows/current/top?by=revenue&n=3",
-        f"{base}/keys/atlantis/windows/current",
-        f"{served.base('vehicles')}/entries/v004",
-        f"{served.base('vehicles')}/entries/v999",
+def _exchange(
+    servers: tuple[ApiServer, ApiServer], requests: list[tuple[str, dict[str, str]]]
+) -> None:
+    """Each request to both servers in turn: the same status, headers (but Date) in the
+    same order, and body bytes."""
+    with (
+        httpx.Client(base_url=servers[0].url, headers=HOST) as fast,
+        httpx.Client(base_url=servers[1].url, headers=HOST) as routed,
     ):
-        fast = http.get(path)
-        routed = http.get(path + ("&" if "?" in path else "?") + "via=route")
-        assert fast.status_code == routed.status_code, path
-        assert fast.json() == routed.json(), path
-        assert fast.headers["content-type"] == routed.headers["content-type"]
+        for path, headers in requests:
+            a, b = fast.get(path, headers=headers), routed.get(path, headers=headers)
+            assert a.status_code == b.status_code, (path, a.text, b.text)
+            assert a.content == b.content, path
+            assert [h for h in a.headers.raw if h[0].lower() != b"date"] == [
+                h for h in b.headers.raw if h[0].lower() != b"date"
+            ], path
+
+
+def _requests_counted(server: ApiServer) -> dict[tuple[str, str], float]:
+    """flowmill_api_requests by route and status, from the server's /metrics."""
+    text = httpx.get(f"{server.url}/metrics").text
+    counted = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "flowmill_api_requests_total":
+                labels = sample.labels
+                if labels["route"] != "/metrics":
+                    counted[(labels["route"], labels["status"])] = sample.value
+    return counted
+
+
+def test_fast_path_and_routes_answer_alike(served: Served) -> None:
+    """The fast path in front of FastAPI (flowmill_api.fastpath) answers the hottest
+    lookups as FastAPI's routes do (fast_path off): status, headers, body bytes and the
+    request metrics, for hits, answers from memory, 404s and parameters it leaves to the
+    routes; with API keys, a rate limit and CORS on, 401s, 429s and CORS answers too."""
+    regions, vehicles = served.base("regions"), served.base("vehicles")
+    plain = [
+        f"{regions}/keys/north/windows/current",
+        f"{regions}/keys/north/windows/latest?n=3",
+        f"{regions}/keys/east/windows/latest",
+        f"{regions}/windows/current/top?by=revenue&n=3",
+        f"{regions}/windows/current/top?order=asc",
+        f"{regions}/windows/current/top",
+        f"{regions}/keys/atlantis/windows/current",
+        f"{served.base('hops')}/keys/north/windows/current",
+        f"{served.base('nowhere')}/keys/north/windows/current",
+        "/pipelines/nowhere/tables/regions/keys/north/windows/current",
+        f"{vehicles}/entries/v004",
+        f"{vehicles}/entries/v999",
+        f"{served.base('speeds')}/entries/v004",
+        f"{regions}/entries/north",
+        f"{vehicles}/keys/v004/windows/current",
+    ]
+    left_to_routes = [
+        f"{regions}/keys/north/windows/latest?n=0",
+        f"{regions}/keys/north/windows/latest?n=x",
+        f"{regions}/windows/current/top?order=up",
+        f"{regions}/keys/north/windows/current?via=route",
+        f"{regions}/keys/north/windows/current/",
+    ]
+    fell_through: list[str] = []
+
+    def counting(app: FlowmillApp) -> FlowmillApp:
+        assert isinstance(app.front, FastPath)
+        behind = app.front.app
+
+        async def recorded(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["path"] != "/metrics":
+                fell_through.append(scope["path"] + "?" + scope["query_string"].decode())
+            await behind(scope, receive, send)
+
+        app.front.app = recorded
+        return app
+
+    def pair(**settings: Any) -> tuple[ApiServer, ApiServer]:
+        pipelines, url = [served.pipeline], served.redis_url
+        fast = create_app(pipelines, url, ApiSettings(**settings))
+        assert isinstance(fast, FlowmillApp)
+        routed = create_app(pipelines, url, ApiSettings(fast_path=False, **settings))
+        return ApiServer(counting(fast)), ApiServer(routed)
+
+    servers = pair()
+    with servers[0], servers[1]:
+        # twice: the second answers come from memory on the fast path
+        _exchange(servers, [(p, {}) for p in plain + left_to_routes + plain])
+        assert _requests_counted(servers[0]) == _requests_counted(servers[1])
+    assert sorted(fell_through) == sorted(p if "?" in p else p + "?" for p in left_to_routes)
+
+    fell_through.clear()
+    key = {"X-API-Key": "k1"}
+    secured = pair(
+        api_keys=frozenset({"k1"}), rate_limit=0.001, rate_burst=12, cors_origins=(ORIGIN,)
+    )
+    with secured[0], secured[1]:
+        requests = [(p, key) for p in plain[:6]] + [(plain[0], {}), (plain[0], {"X-API-Key": "k2"})]
+        requests += [(plain[0], {**key, "Origin": ORIGIN}), (plain[1], {**key, "Origin": "x"})]
+        requests += [(p, key) for p in plain[:6]]  # 14 taken of a burst of 12: 429s
+        _exchange(secured, requests)
+        assert _requests_counted(secured[0]) == _requests_counted(secured[1])
+        assert _requests_counted(secured[0])[("<unmatched>", "429")] == 2
+    assert len(fell_through) == 2  # the CORS requests

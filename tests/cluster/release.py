@@ -80,8 +80,9 @@ def create_restricted_namespace(core: k8s_client.CoreV1Api, name: str) -> None:
     )
 
 
-def install(node: KubeNode, home: Path) -> Release:
-    """Install the chart and wait until the operator's pod is Ready."""
+def install(node: KubeNode, home: Path, prometheus_url: str | None = None) -> Release:
+    """Install the chart and wait until the operator's pod is Ready; `prometheus_url`:
+    the Prometheus every Pipeline's API reads for its health view (reachable from pods)."""
     assert node.images is not None and node.kafka is not None and node.redis is not None
     with node.api_client() as api_client:
         core = k8s_client.CoreV1Api(api_client)
@@ -115,6 +116,7 @@ def install(node: KubeNode, home: Path) -> Release:
             "--set",
             "operator.resyncSeconds=10",
             *watch,
+            *(["--set", f"monitoring.prometheusUrl={prometheus_url}"] if prometheus_url else []),
             "--wait",
             "--timeout",
             "180s",

@@ -90,11 +90,17 @@ def test_citibike_on_the_cluster(
     ).items
     assert_restricted(node_api_client, NAMESPACE, pods + feed_pods)
 
-    # The feed's clock started at the first poll; its last snapshot is SNAPSHOTS - 1 periods on.
+    # The feed's clock starts at the status poller's first poll (then the static feeds'
+    # last_updated is that moment); its last snapshot is SNAPSHOTS - 1 periods on.
+    status_topic = topic(example.pipeline, "station-status")
+    wait_for(
+        lambda: read_topic(kube_node.kafka.bootstrap_servers, status_topic),  # type: ignore[union-attr]
+        90,
+        "the status poller's first snapshot",
+    )
     with httpx.Client(base_url=feed_url, timeout=5, trust_env=False) as http:
         info = http.get("gbfs/en/station_information.json").json()
     final = info["last_updated"] + (SNAPSHOTS - 1) * PERIOD
-    status_topic = topic(example.pipeline, "station-status")
 
     def ingested() -> list[dict[str, Any]] | None:
         records = read_topic(kube_node.kafka.bootstrap_servers, status_topic)  # type: ignore[union-attr]

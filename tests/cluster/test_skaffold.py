@@ -38,6 +38,14 @@ RELEASE = "flowmill-dev"
 OPERATOR_NAMESPACE = "flowmill-system"
 EXAMPLES_NAMESPACE = "flowmill-examples"
 PIPELINE = "streampulse"
+EXAMPLE = Path(__file__).resolve().parents[2] / "k8s" / "examples" / "cluster" / "streampulse.yaml"
+
+
+def pipeline_deployments() -> int:
+    """A Deployment per source and step, and the API's: what the example asks for."""
+    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d and d["kind"] == "Pipeline"]
+    spec = docs[0]["spec"]
+    return len(spec.get("sources", [])) + len(spec.get("steps", [])) + 1
 
 
 # skaffold's global config: no metrics (answering its prompt would turn them on, and with them
@@ -104,13 +112,16 @@ def test_skaffold_run_builds_with_buildah_and_the_example_answers(
         ), operator.status.container_statuses[0].image_id
 
         selector = naming.child_selector(PIPELINE)
+        expected = pipeline_deployments()
 
         def running() -> list[k8s_client.V1Pod] | None:
             pods = core.list_namespaced_pod(EXAMPLES_NAMESPACE, label_selector=selector).items
-            return pods if len(pods) == 3 and all(pod_ready(p) for p in pods) else None
+            return pods if len(pods) == expected and all(pod_ready(p) for p in pods) else None
 
         try:
-            pods = wait_for(running, 180, "StreamPulse's source, step and API pods Ready")
+            pods = wait_for(
+                running, 180, f"StreamPulse's {expected} pods Ready (sources, steps, API)"
+            )
         except TimeoutError as e:
             raise AssertionError(f"{e}\n{describe_pods(core, EXAMPLES_NAMESPACE)}") from None
         assert {p.spec.containers[0].image for p in pods} == {image}

@@ -4,9 +4,13 @@
   run (admitted under `restricted`, read-only root filesystems), and the windows read
   through the API's Service equal the values tests/examples/expected.py computes;
 - the step's pod, force-deleted mid-stream, is replaced by its Deployment and the windows
-  stay exact;
+  stay exact; the API's health view (GET /pipelines/{p}/health through its Service, from
+  the session's Prometheus and Kafka) draws every node, counts the pod gone and shows the
+  dead letters with their reasons;
 - a spec edit (a new step with a new aggregate) rolls every pod and the new aggregate
   appears;
+- spec.replay of by-region from offset 0: the reset Job succeeds and the windows are the
+  same and exact again;
 - deleting the Pipeline removes its pods, Services, HPAs and the topics the operator created.
 """
 
@@ -39,6 +43,7 @@ from tests.cluster.examples import (
 from tests.cluster.release import EXAMPLE_NAMESPACES, Release, describe_pods, pod_ready
 from tests.examples.expected import streampulse_accepted, streampulse_windows
 from tests.examples.harness import read_topic, source, step, topic, wait_matching
+from tests.harness.metrics_stack import MetricsStack
 from tests.harness.node import KubeNode
 from tests.harness.waiting import wait_for
 
@@ -49,8 +54,8 @@ ROWS = 2000
 # Slow enough that the step's pod is deleted while the replay is still going (~40 s), on
 # a loaded machine too.
 RATE = 50
-# Source, step, API.
-DEPLOYMENTS = 3
+# The source, by-region, its hourly rollup (by-region-hour) and the API.
+DEPLOYMENTS = 4
 
 
 def served_windows(http: Any, base: str, regions: list[str]) -> dict[Any, dict[str, Any]]:
@@ -79,6 +84,7 @@ def test_streampulse_on_the_cluster(
     kube_node: KubeNode,
     node_api_client: k8s_client.ApiClient,
     flowmill_release: Release,
+    metrics_stack: MetricsStack,
     tmp_path: Path,
 ) -> None:
     assert kube_node.images is not None and kube_node.kafka is not None
@@ -112,6 +118,14 @@ def test_streampulse_on_the_cluster(
         victim = wait_for(consuming, 180, "the step writing its first windows")
     except TimeoutError as e:
         raise AssertionError(f"{e}\n{describe_pods(core, NAMESPACE)}") from None
+    # Scraped before it goes, so the health view can count it gone.
+    wait_for(
+        lambda: metrics_stack.value(
+            f'count(flowmill_events_out_total{{pod="{victim.metadata.name}"}})'
+        ),
+        60,
+        f"Prometheus scraping {victim.metadata.name}",
+    )
     produced = len(read_topic(bootstrap, trip_events))
     assert produced < ROWS, "the replay ended before the step's pod could be deleted"
     kubectl(
@@ -168,6 +182,7 @@ def test_streampulse_on_the_cluster(
             f"{base}/windows/{max(s for _, s in expected)}/top", params={"by": "revenue"}
         )
         assert top.status_code == 200 and top.json()["keys"], top.text
+        assert_health(http, example, len(dead))
 
     # -- a spec edit rolls the pods; the new aggregate appears ---------------------------
     before = {p.metadata.uid for p in child_pods(core, example)}
@@ -199,6 +214,42 @@ def test_streampulse_on_the_cluster(
         # The first step's windows are untouched by the roll.
         assert not served_windows(http, base, regions).keys() ^ expected.keys()
 
+    # -- a replay of by-region from offset 0: the operator holds the step at zero, its
+    # reset Job (the step's pod, the chart's RBAC) resets positions and table, the step
+    # comes back and rebuilds: the same windows, exact again -------------------------
+    example.pipeline["spec"]["replay"] = {"id": "r1", "step": "by-region", "fromOffset": 0}
+    apply(kube_node, example)
+    started = time.monotonic()
+
+    def replay_done() -> dict[str, Any] | None:
+        status = read_pipeline(node_api_client, example).get("status") or {}
+        replay = status.get("replay") or {}
+        assert replay.get("phase") != "Failed", replay
+        return status if replay.get("phase") == "Succeeded" else None
+
+    try:
+        wait_for(replay_done, 180, "the replay's reset Job to succeed")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\n{describe_pods(core, NAMESPACE)}") from None
+
+    def exact_again(http: httpx.Client) -> bool:
+        # Every answer carries the table's state (rebuilding until the step passes the
+        # marks the reset set).
+        answer = http.get(f"{base}/keys/{regions[0]}/windows", params={"limit": 1})
+        return answer.headers.get("x-flowmill-table-state") == "exact"
+
+    print(f"[cluster] streampulse: replay reset done {time.monotonic() - started:.1f}s after apply")
+
+    with api_client_for(core, example) as http:
+        wait_matching(
+            "region windows after the replay, the table exact again",
+            lambda: served_windows(http, base, regions) if exact_again(http) else {},
+            expected,
+            exact={"trips"},
+            timeout=180,
+        )
+    print(f"[cluster] streampulse: exact again {time.monotonic() - started:.1f}s after the replay")
+
     # -- deletion removes the children and the operator's topics -------------------------
     hpas = k8s_client.AutoscalingV2Api(node_api_client)
     selector = naming.child_selector(example.pipeline_name)
@@ -211,6 +262,44 @@ def test_streampulse_on_the_cluster(
         return not ours & kafka_topics(bootstrap)
 
     wait_for(topics_gone, 60, f"the topics {sorted(ours)} deleted from Kafka")
+
+
+def assert_health(http: Any, example: ClusterExample, dead: int) -> None:
+    """The API's health view, through its Service: the graph's nodes (written out here
+    from the manifest), the force-deleted pod counted gone, the dead letters' reasons."""
+    names = {
+        t: topic(example.pipeline, t) for t in ("trip-events", "trip-events-dlq", "region-minutes")
+    }
+    nodes = {
+        "source/replay",
+        *(f"topic/{names[t]}" for t in ("trip-events", "trip-events-dlq", "region-minutes")),
+        "step/by-region",
+        "sink/by-region/redis",
+        "step/by-region-hour",
+        "sink/by-region-hour/redis",
+    }
+    path = f"/pipelines/{example.pipeline_name}/health"
+
+    def shown() -> dict[str, dict[str, Any]] | None:
+        body = http.get(path).json()
+        got = {n["id"]: n for n in body["nodes"]}
+        step = got.get("step/by-region", {})
+        ok = body["source"] == "prometheus" and step.get("state") == "ready"
+        return got if ok and step.get("pods_gone") == 1 else None
+
+    try:
+        got = wait_for(shown, 60, "the health view counting the deleted step pod gone")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\n{http.get(path).text}") from None
+    assert set(got) == nodes
+    step = got["step/by-region"]
+    assert step["replicas"] == step["ready_replicas"] == 1, step
+    for other in ("source/replay", "step/by-region-hour"):
+        assert got[other]["state"] == "ready" and got[other]["pods_gone"] == 0, got[other]
+    reasons = got[f"topic/{names['trip-events-dlq']}"]["reasons"]
+    assert len(reasons) == min(dead, 5) and reasons == step["reasons"]
+    assert all(r["step"] == "by-region" and r["reason"] for r in reasons), reasons
+    print(f"[cluster] streampulse health: {step}")
 
 
 def assert_children_gone(api_client: k8s_client.ApiClient, example: ClusterExample) -> None:

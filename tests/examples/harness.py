@@ -56,6 +56,9 @@ def rename_topics(doc: dict[str, Any], suffix: str) -> None:
             step["correlate"]["with"] = renamed(step["correlate"]["with"])
         if "kafka" in step.get("sink", {}):
             step["sink"]["kafka"]["topic"] = renamed(step["sink"]["kafka"]["topic"])
+        if "faust" in step:
+            outputs = step["faust"].get("outputs", {})
+            step["faust"]["outputs"] = {code: renamed(topic) for code, topic in outputs.items()}
 
 
 def example_copy(

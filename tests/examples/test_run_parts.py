@@ -18,7 +18,7 @@ from flowmill.run.plan import ChildSpec, Connections, children_of
 from flowmill.run.stats import Rates, parse_metrics
 from flowmill.run.status_table import RowStatus, RunStatus, plain, render
 from flowmill.run.supervisor import Supervisor, backoff
-from flowmill.spec import all_topics, changelog_topic
+from flowmill.spec import ENV_BOOTSTRAP_SERVERS, ENV_REDIS_URL, all_topics, changelog_topic
 from tests.examples.harness import EXAMPLES
 from tests.examples.processes import alive
 
@@ -27,13 +27,15 @@ FEED = EXAMPLES / "data" / "citibike"
 
 
 def test_every_example_is_a_valid_local_pipeline() -> None:
-    for path in sorted(EXAMPLES.glob("*.yaml")):
+    # Not the `flowmill test` files beside them (*.test.yaml).
+    manifests = [p for p in EXAMPLES.glob("*.yaml") if not p.name.endswith(".test.yaml")]
+    for path in sorted(manifests):
         pipeline = load_pipeline(path)
         # Local runs leave the cluster settings out; the operator adds them.
         assert pipeline.spec.kafka.bootstrap_servers is None and pipeline.spec.kafka.cluster is None
         assert pipeline.spec.redis.url is None and pipeline.spec.redis.secret_ref is None
-    assert {p.stem for p in EXAMPLES.glob("*.yaml")} == {
-        "citibike", "smartcity", "streamlytics", "streampulse", "trips",
+    assert {p.stem for p in manifests} == {
+        "citibike", "smartcity", "streamlytics", "streampulse", "trip-fraud", "trips",
     }  # fmt: skip
 
 
@@ -48,19 +50,17 @@ def test_children_and_their_commands() -> None:
     assert worker[:3] == [sys.executable, "-m", "flowmill.cli"]
     assert worker[3:] == [
         "worker", "--pipeline", "/m.yaml", "--step", "complete",
-        "--bootstrap-servers", CONN.bootstrap_servers, "--redis-url", CONN.redis_url,
-        "--metrics-port", "9500",
+        "--bootstrap-servers", CONN.bootstrap_servers, "--metrics-port", "9500",
     ]  # fmt: skip
     api = children[-1].argv(Path("/m.yaml"), CONN, 8000)
-    assert api[3:] == [
-        "api",
-        "--pipeline",
-        "/m.yaml",
-        "--port",
-        "8000",
-        "--redis-url",
-        CONN.redis_url,
-    ]
+    assert api[3:] == ["api", "--pipeline", "/m.yaml", "--port", "8000"]
+    # The Redis URL may carry a password: the environment has it, argv (ps) never.
+    assert children[2].env(CONN) == {ENV_REDIS_URL: CONN.redis_url}
+    # The API reads Kafka too (the health view's topic sizes and dead letters).
+    assert children[-1].env(CONN) == {
+        ENV_REDIS_URL: CONN.redis_url,
+        ENV_BOOTSTRAP_SERVERS: CONN.bootstrap_servers,
+    }
     assert [c.label for c in children_of(pipeline, with_api=False)][-1] == "step/daily-kpis"
 
 
@@ -203,13 +203,14 @@ def test_gbfs_server_serves_the_feeds_at_any_prefix() -> None:
     server = GbfsServer(FEED, "127.0.0.1", 0)
     server.start()
     try:
-        assert server.feed.timeline is None  # the clock starts at the first request
+        assert server.feed.timeline is None  # the clock starts at the first status request
         with httpx.Client(base_url=server.url, trust_env=False) as http:
             discovery = http.get("/gbfs/en/gbfs.json").json()
             urls = {f["name"]: f["url"] for f in discovery["data"]["en"]["feeds"]}
             assert urls["station_status"] == f"{server.url}/gbfs/en/station_status.json"
             info = http.get(urls["station_information"]).json()["data"]["stations"]
             assert len(info) == len(server.feed.config.stations) == 24
+            assert server.feed.timeline is None  # only station_status starts it
             status = http.get(urls["station_status"]).json()
             assert status["ttl"] == server.feed.config.period
             assert http.get("/gbfs/en/free_bike_status.json").status_code == 404

@@ -58,6 +58,9 @@ CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
     "horizontal-pod-autoscaler-controller",
+    # A replay's reset Job (spec.replay): its pods, and its Complete/Failed conditions
+    # once the stand-in kubelet reports them finished.
+    "job-controller",
     "serviceaccount-token-controller",
     "serviceaccount-controller",
     "namespace-controller",
@@ -119,6 +122,9 @@ class KubeControlPlane(StartStop):
         self.startup_seconds: float | None = None
         self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self._atexit_registered = False
+        self._apiserver_argv: list[str] = []
+        self._apiserver_ready: Callable[[], bool] | None = None
+        self._apiserver_slot = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -309,27 +315,25 @@ class KubeControlPlane(StartStop):
                 # apiserver then makes without kube-proxy.
                 "--enable-aggregator-routing=true",
             ]
-        self._spawn(
-            "kube-apiserver",
-            [
-                str(binary),
-                f"--etcd-servers={self.etcd_url}",
-                f"--secure-port={port}",
-                f"--bind-address={address}",
-                f"--advertise-address={address}",
-                f"--cert-dir={cert_dir}",
-                f"--tls-cert-file={pki.serving_cert}",
-                f"--tls-private-key-file={pki.serving_key}",
-                f"--client-ca-file={pki.ca_cert}",
-                *(node_flags or ["--authorization-mode=RBAC"]),
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                f"--service-account-issuer={self.server}",
-                f"--service-account-key-file={pki.sa_public}",
-                f"--service-account-signing-key-file={pki.sa_private}",
-                "--allow-privileged=true",
-                "--v=1",
-            ],
-        )
+        self._apiserver_argv = [
+            str(binary),
+            f"--etcd-servers={self.etcd_url}",
+            f"--secure-port={port}",
+            f"--bind-address={address}",
+            f"--advertise-address={address}",
+            f"--cert-dir={cert_dir}",
+            f"--tls-cert-file={pki.serving_cert}",
+            f"--tls-private-key-file={pki.serving_key}",
+            f"--client-ca-file={pki.ca_cert}",
+            *(node_flags or ["--authorization-mode=RBAC"]),
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-account-issuer={self.server}",
+            f"--service-account-key-file={pki.sa_public}",
+            f"--service-account-signing-key-file={pki.sa_private}",
+            "--allow-privileged=true",
+            "--v=1",
+        ]
+        self._spawn("kube-apiserver", self._apiserver_argv)
         self.kubeconfig = self.dir / "admin.kubeconfig"
         self.kubeconfig.write_text(
             _kubeconfig(self.server, pki.ca_cert, pki.admin_cert, pki.admin_key)
@@ -346,7 +350,33 @@ class KubeControlPlane(StartStop):
             except (OSError, urllib.error.HTTPError):
                 return False
 
+        self._apiserver_ready = ready
         self._wait("kube-apiserver", ready)
+
+    def kill_apiserver(self) -> None:
+        """SIGKILL the apiserver, as a crashed or OOM-killed control-plane node would lose
+        it; etcd (and so every object) and the controllers stay. restart_apiserver()
+        brings it back on the same address and certificates."""
+        names = [p[0] for p in self._procs]
+        if "kube-apiserver" not in names:
+            raise RuntimeError("the apiserver is not running")
+        self._apiserver_slot = names.index("kube-apiserver")
+        _, proc, _ = self._procs.pop(self._apiserver_slot)
+        proc.kill()
+        proc.wait(self.stop_timeout)
+
+    def restart_apiserver(self) -> None:
+        """Start the apiserver killed by kill_apiserver() again, as it was, and wait until
+        it is ready. Clients reconnect to the same URL with the same credentials."""
+        if self.dir is None or self._apiserver_ready is None:
+            raise RuntimeError("KubeControlPlane is not started")
+        if any(p[0] == "kube-apiserver" for p in self._procs):
+            raise RuntimeError("the apiserver is running; kill_apiserver() first")
+        log_path = self.dir / "kube-apiserver.log"  # appended to: both runs in one log
+        proc = spawn(self._apiserver_argv, log_path, cwd=self.dir)
+        # Back in its place, so that stop() still stops the controllers before it.
+        self._procs.insert(self._apiserver_slot, ("kube-apiserver", proc, log_path))
+        self._wait("kube-apiserver", self._apiserver_ready)
 
     def _start_controller_manager(self, binary: Path, pki: _Pki) -> None:
         assert self.dir is not None and self.kubeconfig is not None

@@ -7,7 +7,9 @@ ships (charts/flowmill/files): Prometheus scrapes the pods annotated prometheus.
 as a Prometheus without the Prometheus Operator does. Debian builds Prometheus without
 Kubernetes service discovery, so the harness lists the pods on the test apiserver and
 keeps a file_sd targets file current (what that discovery plus the usual relabelling
-would produce); the adapter
+would produce; tests/harness/prometheus.py). Prometheus listens on the node address, so
+that the pods reach it too (the chart's monitoring.prometheusUrl, which every Pipeline's
+API reads for its health view); the adapter
 listens on the node address, and a selector-less Service with a manual Endpoints object
 plus an APIService register it (the apiserver runs with --enable-aggregator-routing and
 front-proxy certificates, tests/harness/kube.py).
@@ -24,9 +26,7 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,17 +35,17 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
-from flowmill.local import ComponentMissing, find_binary
-from flowmill.local.ports import LOOPBACK, StartStop, free_ports, spawn, terminate
+from flowmill.local import find_binary
+from flowmill.local.ports import StartStop, free_ports, spawn, terminate
 from tests.harness.kube import wait_started
 from tests.harness.node import NODE_IP, KubeNode
-from tests.harness.waiting import http_ok, https_ok, wait_for
+from tests.harness.prometheus import PrometheusServer
+from tests.harness.waiting import https_ok, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART_FILES = ROOT / "charts" / "flowmill" / "files"
 RECORDING_RULES = CHART_FILES / "recording-rules.yaml"
 ADAPTER_VALUES = CHART_FILES / "prometheus-adapter-values.yaml"
-PROMETHEUS = Path("/usr/bin/prometheus")
 EXTERNAL_GROUP = "external.metrics.k8s.io"
 EXTERNAL_VERSION = "v1beta1"
 APISERVICE = f"{EXTERNAL_VERSION}.{EXTERNAL_GROUP}"
@@ -57,22 +57,6 @@ def adapter_config() -> dict[str, Any]:
     """The adapter's config file: the external rules of the chart's adapter values."""
     values = yaml.safe_load(ADAPTER_VALUES.read_text())
     return {"externalRules": values["rules"]["external"]}
-
-
-def prometheus_config(targets: Path, interval: str, rules: Path) -> dict[str, Any]:
-    """Scrape the pods listed in `targets` (file service discovery, kept current by
-    MetricsStack: Debian builds Prometheus without Kubernetes service discovery)."""
-    return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": [str(rules)],
-        "scrape_configs": [
-            {
-                "job_name": "kubernetes-pods",
-                "scrape_timeout": interval,
-                "file_sd_configs": [{"files": [str(targets)], "refresh_interval": interval}],
-            }
-        ],
-    }
 
 
 def scrape_targets(pods: list[k8s_client.V1Pod]) -> list[dict[str, Any]]:
@@ -116,27 +100,34 @@ class MetricsStack(StartStop):
         self.relist_interval = relist_interval
         self.start_timeout = start_timeout
         self.dir: Path | None = None
-        self.prometheus_url: str | None = None
+        self.prometheus: PrometheusServer | None = None
         self.adapter_port: int | None = None
         self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-        self.targets = Path()
         self._stop_discovery = threading.Event()
         self._discovery: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> MetricsStack:
-        if not PROMETHEUS.is_file():
-            raise ComponentMissing("prometheus (Debian package prometheus)", str(PROMETHEUS))
         adapter = find_binary("adapter")
         cp = self.node.control_plane
         if cp is None or cp.kubeconfig is None:
             raise RuntimeError("MetricsStack needs a started KubeNode")
         self.dir = self.node.dir / "metrics"
         self.dir.mkdir(exist_ok=True)
+        rules = self.dir / RECORDING_RULES.name
+        shutil.copy(RECORDING_RULES, rules)
+        self.prometheus = PrometheusServer(
+            self.dir,
+            host=NODE_IP,
+            scrape_interval=self.scrape_interval,
+            rules=rules,
+            start_timeout=self.start_timeout,
+        )
         try:
+            self.prometheus.write_targets([])
             self._start_discovery()
-            self._start_prometheus()
+            self.prometheus.start()
             self._start_adapter(adapter, cp.kubeconfig)
             self._register()
         except BaseException:
@@ -153,24 +144,25 @@ class MetricsStack(StartStop):
         for _, proc, _ in reversed(self._procs):
             terminate(proc, 10.0)
         self._procs.clear()
+        if self.prometheus is not None:
+            self.prometheus.stop()
 
     # -- queries -----------------------------------------------------------------------------
 
+    @property
+    def prometheus_url(self) -> str | None:
+        """Where Prometheus answers, from the test process and from the pods alike."""
+        return self.prometheus.url if self.prometheus is not None else None
+
     def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query's samples: [{"metric": {...}, "value": [t, "v"]}, ...]."""
-        assert self.prometheus_url is not None
-        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            body = json.load(resp)
-        if body.get("status") != "success":
-            raise RuntimeError(f"Prometheus query {promql!r} failed: {body}")
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        assert self.prometheus is not None
+        return self.prometheus.query(promql)
 
     def value(self, promql: str) -> float | None:
         """The query's single value (summed over its samples), None without samples."""
-        samples = self.query(promql)
-        return sum(float(s["value"][1]) for s in samples) if samples else None
+        assert self.prometheus is not None
+        return self.prometheus.value(promql)
 
     def external_metric(
         self, namespace: str, metric: str, labels: dict[str, str]
@@ -190,9 +182,8 @@ class MetricsStack(StartStop):
 
     def _start_discovery(self) -> None:
         """List the pods every second and rewrite the targets file when they change."""
-        assert self.dir is not None
-        self.targets = self.dir / "targets.json"
-        self._write_targets([])
+        prometheus = self.prometheus
+        assert prometheus is not None
         self._stop_discovery.clear()
 
         def loop() -> None:
@@ -205,40 +196,11 @@ class MetricsStack(StartStop):
                     except (ApiException, OSError):
                         continue  # the apiserver is going away at teardown
                     if current != last:
-                        self._write_targets(current)
+                        prometheus.write_targets(current)
                         last = current
 
         self._discovery = threading.Thread(target=loop, name="scrape-discovery", daemon=True)
         self._discovery.start()
-
-    def _write_targets(self, targets: list[dict[str, Any]]) -> None:
-        # Written aside and renamed: Prometheus never reads half a file.
-        partial = self.targets.with_suffix(".tmp")
-        partial.write_text(json.dumps(targets))
-        partial.replace(self.targets)
-
-    def _start_prometheus(self) -> None:
-        assert self.dir is not None
-        (port,) = free_ports(1)
-        self.prometheus_url = f"http://{LOOPBACK}:{port}"
-        rules = self.dir / RECORDING_RULES.name
-        shutil.copy(RECORDING_RULES, rules)
-        config = self.dir / "prometheus.yml"
-        config.write_text(
-            yaml.safe_dump(prometheus_config(self.targets, self.scrape_interval, rules))
-        )
-        self._spawn(
-            "prometheus",
-            [
-                str(PROMETHEUS),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.dir / 'tsdb'}",
-                f"--web.listen-address={LOOPBACK}:{port}",
-                "--storage.tsdb.retention.time=1d",
-                "--log.level=warn",
-            ],
-        )
-        self._wait("prometheus", lambda: http_ok(f"{self.prometheus_url}/-/ready"))
 
     def _start_adapter(self, binary: Path, kubeconfig: Path) -> None:
         assert self.dir is not None and self.prometheus_url is not None

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +66,13 @@ class NodeError(RuntimeError):
 
 @dataclass(frozen=True)
 class NodeImages:
-    """The locally built images, as named in images.env, and the archives to import."""
+    """The locally built images, as named in images.env, and the archives to import at
+    start; `others`: the rest of images.env (images a test imports itself, import_image)."""
 
     flowmill: str
     pause: str
     archives: tuple[Path, ...]
+    others: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def provisioned(cls) -> NodeImages:
@@ -90,7 +92,23 @@ class NodeImages:
         absent = [str(a) for a in archives if not a.is_file()]
         if absent:
             raise ComponentMissing(f"the image archives {', '.join(absent)}", str(directory))
-        return cls(names[FLOWMILL_IMAGE_KEY], names[PAUSE_IMAGE_KEY], archives)
+        others = {
+            k: v
+            for k, v in names.items()
+            if k not in keys and k.removesuffix(ARCHIVE_SUFFIX) not in keys
+        }
+        return cls(names[FLOWMILL_IMAGE_KEY], names[PAUSE_IMAGE_KEY], archives, others)
+
+    def other(self, key: str) -> tuple[str, Path]:
+        """The image images.env names `key` and its archive; missing ones name the
+        provisioning step that builds them (scripts/image.sh)."""
+        name, archive = self.others.get(key), self.others.get(key + ARCHIVE_SUFFIX)
+        where = str(cache_dir() / "images")
+        if not name or not archive:
+            raise ComponentMissing(f"{key} in {IMAGES_ENV}", where)
+        if not Path(archive).is_file():
+            raise ComponentMissing(f"the image archive {archive}", where)
+        return name, Path(archive)
 
 
 @dataclass(frozen=True)
@@ -208,6 +226,14 @@ class KubeNode(StartStop):
         if self.state is None:
             return
         began = time.monotonic()
+        # Each phase's time is printed: the teardown ends the suite, so it is on CI's path.
+        phases: dict[str, float] = {}
+        last = [began]
+
+        def mark(phase: str) -> None:
+            now = time.monotonic()
+            phases[phase], last[0] = now - last[0], now
+
         control_plane = self.control_plane
         if control_plane is not None and control_plane.server is not None:
             # Nothing may recreate the pods that are about to go.
@@ -215,12 +241,15 @@ class KubeNode(StartStop):
             self._stop_component("kube-scheduler")
             if self._running("kubelet"):
                 self._delete_all_pods()
+        mark("pods")
         self._stop_component("kubelet")
+        mark("kubelet")
         if self._running("containerd"):
             # Whatever the kubelet did not get to: sandboxes, their containers and netns.
             self._crictl("rmp", "--force", "--all", check=False)
         self._stop_component("kube-proxy")
         self._stop_component("containerd")
+        mark("containerd")
         _delete_links(NODE_LINK, POD_BRIDGE)
         for _, proc, _ in reversed(self._procs):
             terminate(proc, 10.0)
@@ -229,12 +258,15 @@ class KubeNode(StartStop):
             if service is not None:
                 service.stop()
         self.redis = self.kafka = self.control_plane = None
+        mark("services")
         state, self.state = self.state, None
         _keep_logs(state.run_dir, os.environ.get(KEEP_LOGS_ENV))
         node_host.clean_run(state)
+        mark("host")
         self.timings["teardown"] = time.monotonic() - began
         self.leftovers = node_host.leftovers(state)
-        print(f"[node] {state.netns} torn down in {self.timings['teardown']:.1f}s")
+        steps = ", ".join(f"{k} {v:.1f}s" for k, v in phases.items())
+        print(f"[node] {state.netns} torn down in {self.timings['teardown']:.1f}s ({steps})")
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -363,12 +395,26 @@ class KubeNode(StartStop):
             ],
         }
 
+    def import_image(self, key: str) -> str:
+        """Import the image images.env names `key` (one only some tests run, such as the
+        trip-fraud agent's image) into the node's containerd; returns its name. ctr reads
+        the whole archive (its layers shared with the flowmill image are not unpacked
+        again): 21 s for the trip-fraud image on this machine, so only its test pays it."""
+        assert self.images is not None
+        name, archive = self.images.other(key)
+        self._import_archives(find_binary("ctr"), (archive,), (name,))
+        return name
+
     def _import_images(self, binaries: _Binaries) -> None:
         assert self.images is not None
-        for archive in self.images.archives:
+        names = (self.images.flowmill, self.images.pause)
+        self._import_archives(binaries.ctr, self.images.archives, names)
+
+    def _import_archives(self, ctr: Path, archives: Sequence[Path], names: Sequence[str]) -> None:
+        for archive in archives:
             subprocess.run(
                 [
-                    str(binaries.ctr),
+                    str(ctr),
                     f"--address={self.containerd_socket}",
                     "--namespace=k8s.io",
                     "images",
@@ -381,13 +427,9 @@ class KubeNode(StartStop):
             )
         listed = self._crictl("images", "--output=json").stdout
         tags = {t for image in json.loads(listed)["images"] for t in image.get("repoTags") or []}
-        absent = [
-            name
-            for name in (self.images.flowmill, self.images.pause)
-            if name not in tags and f"docker.io/{name}" not in tags
-        ]
+        absent = [name for name in names if name not in tags and f"docker.io/{name}" not in tags]
         if absent:
-            raise NodeError(f"images {absent} not in the archives {self.images.archives}")
+            raise NodeError(f"images {absent} not in the archives {list(archives)}")
 
     def _start_scheduler(self, binaries: _Binaries) -> None:
         assert self.control_plane is not None

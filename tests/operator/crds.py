@@ -22,10 +22,11 @@ def _crd(
     *,
     short_names: list[str] | None = None,
     required: list[str] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     schema: dict[str, Any] = {
         "type": "object",
-        "properties": {"spec": _OPEN, "status": _OPEN},
+        "properties": {"spec": spec or _OPEN, "status": _OPEN},
     }
     if required:
         schema["required"] = required
@@ -69,8 +70,43 @@ KAFKA_TOPIC = _crd(
     required=["spec"],
 )
 SCALED_OBJECT = _crd("keda.sh", "ScaledObject", "scaledobjects", ["v1alpha1"], short_names=["so"])
+
+
+def _items(required: list[str], *optional: str) -> dict[str, Any]:
+    """An array of objects with exactly these string fields (unknown ones are refused
+    by a strict server-side apply)."""
+    fields = {name: {"type": "string"} for name in [*required, *optional]}
+    item = {"type": "object", "required": required, "properties": fields}
+    return {"type": "array", "items": item}
+
+
+# The two ways flowmill hands KEDA credentials, with the fields and required ones of
+# KEDA's own CRD (config/crd/bases/keda.sh_triggerauthentications.yaml): secretTargetRef
+# {parameter, name, key} and env {parameter, name, containerName?}; the rest stays open.
+TRIGGER_AUTHENTICATION = _crd(
+    "keda.sh",
+    "TriggerAuthentication",
+    "triggerauthentications",
+    ["v1alpha1"],
+    short_names=["ta"],
+    spec={
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {
+            "secretTargetRef": _items(["parameter", "name", "key"]),
+            "env": _items(["parameter", "name"], "containerName"),
+        },
+    },
+)
 POD_MONITOR = _crd("monitoring.coreos.com", "PodMonitor", "podmonitors", ["v1"])
 PROMETHEUS_RULE = _crd("monitoring.coreos.com", "PrometheusRule", "prometheusrules", ["v1"])
 SERVICE_MONITOR = _crd("monitoring.coreos.com", "ServiceMonitor", "servicemonitors", ["v1"])
 
-ALL = (KAFKA_TOPIC, SCALED_OBJECT, POD_MONITOR, PROMETHEUS_RULE, SERVICE_MONITOR)
+ALL = (
+    KAFKA_TOPIC,
+    SCALED_OBJECT,
+    TRIGGER_AUTHENTICATION,
+    POD_MONITOR,
+    PROMETHEUS_RULE,
+    SERVICE_MONITOR,
+)

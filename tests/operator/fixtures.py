@@ -32,6 +32,7 @@ TEST_RENDER = RenderSettings(
     image=TEST_IMAGE,
     default_kafka_cluster="events",
     default_redis_url="redis://redis.flowmill.svc:6379/0",
+    prometheus_url="http://prometheus.monitoring.svc:9090",
 )
 # Short in tests so drift correction and status refresh show within a test's patience.
 RESYNC_SECONDS = 2.0

@@ -19,6 +19,7 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
+from flowmill_operator.naming import MANAGED_BY_LABEL, MANAGER, PIPELINE_LABEL
 from tests.harness.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +35,9 @@ CHILD_PATHS = (
     ("PodDisruptionBudget", "/apis/policy/v1"),
     ("KafkaTopic", "/apis/kafka.strimzi.io/v1"),
     ("ScaledObject", "/apis/keda.sh/v1alpha1"),
+    ("TriggerAuthentication", "/apis/keda.sh/v1alpha1"),
     ("PodMonitor", "/apis/monitoring.coreos.com/v1"),
+    ("Job", "/apis/batch/v1"),
 )
 
 
@@ -46,7 +49,10 @@ def example_files() -> list[Path]:
         ROOT / "tests" / "data" / "full_features.yaml",
     ]
     files += sorted((ROOT / "tests" / "operator" / "pipelines").glob("*.yaml"))
-    files += sorted((ROOT / "k8s" / "examples").glob("*.yaml"))
+    # Not the `flowmill test` files beside them (k8s/examples/*.test.yaml).
+    files += sorted(
+        p for p in (ROOT / "k8s" / "examples").glob("*.yaml") if not p.name.endswith(".test.yaml")
+    )
     return files
 
 
@@ -155,14 +161,23 @@ class Cluster:
     def children(self, namespace: str, pipeline: str) -> set[tuple[str, str, str]]:
         """(kind, namespace, name) of every object labelled as the Pipeline's in
         `namespace`, of every kind the operator writes (KEDA's own HPA excluded)."""
-        selector = (
-            f"flowmill.dev/pipeline={pipeline},app.kubernetes.io/managed-by=flowmill-operator"
+        return self.children_by_pipeline(namespace, f"{PIPELINE_LABEL}={pipeline}").get(
+            pipeline, set()
         )
-        found: set[tuple[str, str, str]] = set()
+
+    def children_by_pipeline(
+        self, namespace: str, selector: str = PIPELINE_LABEL
+    ) -> dict[str, set[tuple[str, str, str]]]:
+        """Every Pipeline's children in `namespace` by Pipeline name, one list call per
+        kind (many Pipelines polled one by one would load the apiserver they measure)."""
+        selector = f"{selector},{MANAGED_BY_LABEL}={MANAGER}"
+        found: dict[str, set[tuple[str, str, str]]] = {}
         for kind, base in CHILD_PATHS:
             for item in self._list(f"{base}/namespaces/{namespace}/{kind.lower()}s", selector):
-                if not item["metadata"].get("deletionTimestamp"):
-                    found.add((kind, namespace, item["metadata"]["name"]))
+                meta = item["metadata"]
+                if not meta.get("deletionTimestamp"):
+                    owner = meta["labels"][PIPELINE_LABEL]
+                    found.setdefault(owner, set()).add((kind, namespace, meta["name"]))
         return found
 
     def deployment(self, namespace: str, name: str) -> dict[str, Any]:
@@ -222,11 +237,38 @@ class Cluster:
             for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
         ]
         for pod in pods:
-            if pod.metadata.deletion_timestamp:
+            # A finished pod (a replay Job's) stays finished: the apiserver refuses more.
+            if pod.metadata.deletion_timestamp or pod.status.phase in ("Succeeded", "Failed"):
                 continue
             self.core.patch_namespaced_pod_status(
                 pod.metadata.name, namespace, {"status": {"phase": "Running", "conditions": ready}}
             )
+        return len(pods)
+
+    def finish_job_pods(self, namespace: str, job: str, exit_code: int) -> int:
+        """Report the Job's pods terminated with `exit_code`, as a kubelet would once the
+        container exited; the Job controller then counts them and sets its conditions."""
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+        now = _now()
+        for pod in pods:
+            if pod.status.phase in ("Succeeded", "Failed"):
+                continue
+            terminated = {"exitCode": exit_code, "startedAt": now, "finishedAt": now}
+            status = {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "containerStatuses": [
+                    {
+                        "name": c.name,
+                        "image": c.image,
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": {**terminated, "reason": "Completed"}},
+                    }
+                    for c in pod.spec.containers
+                ],
+            }
+            self.core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": status})
         return len(pods)
 
 

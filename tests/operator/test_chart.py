@@ -79,6 +79,8 @@ def test_chart_lints_with_defaults_and_everything_on(tmp_path: Path) -> None:
         ("kafka.strimziApiVersion=kafka.strimzi.io/v1alpha1", "strimziApiVersion"),
         ("watchNamespaces[0]=Not_A_Namespace", "watchNamespaces"),
         ("operator.replicaz=2", "replicaz"),
+        # A password would be rendered into every API Deployment.
+        ("monitoring.prometheusUrl=http://user:secret@prometheus:9090", "prometheusUrl"),
     ],
 )
 def test_values_schema_rejects_mistakes(tmp_path: Path, value: str, complaint: str) -> None:
@@ -96,6 +98,7 @@ def test_operator_deployment_is_restricted_and_configured(tmp_path: Path) -> Non
         "autoscaling.kind=keda",
         "kafka.defaultCluster=events",
         "kafka.topicManagement=admin",
+        "monitoring.prometheusUrl=http://prometheus.monitoring.svc:9090",
     )
     (deployment,) = find(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -114,6 +117,7 @@ def test_operator_deployment_is_restricted_and_configured(tmp_path: Path) -> Non
     assert env["FLOWMILL_AUTOSCALER"] == "keda"
     assert env["FLOWMILL_DEFAULT_KAFKA_CLUSTER"] == "events"
     assert env["FLOWMILL_TOPIC_MANAGEMENT"] == "admin"
+    assert env["FLOWMILL_PROMETHEUS_URL"] == "http://prometheus.monitoring.svc:9090"
     assert env["FLOWMILL_WATCH_NAMESPACES"] == ""
     assert "FLOWMILL_PEERING" not in env  # one replica: standalone
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
@@ -137,6 +141,7 @@ def test_rbac_is_cluster_wide_only_when_watching_everything(tmp_path: Path) -> N
         ("autoscaling", "horizontalpodautoscalers"),
         ("kafka.strimzi.io", "kafkatopics"),
         ("keda.sh", "scaledobjects"),
+        ("keda.sh", "triggerauthentications"),
         ("", "events"),
     ]:
         assert needed in granted, needed

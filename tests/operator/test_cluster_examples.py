@@ -111,3 +111,33 @@ def test_variant_and_its_rendered_children_pass_server_side_dry_run(
     except subprocess.CalledProcessError as err:
         pytest.fail(f"the apiserver refused the {name} variant:\n{err.stderr}")
     assert out.count("serverside-applied (server dry run)") == len(objects), out
+
+
+def test_s3_lake_credentials_reach_only_the_lake_worker_from_the_secret() -> None:
+    """citibike-s3: the lake step gets the bucket's Secret as environment (envFrom), no
+    other pod does, nothing holds a key literally, and the variant carries no Secret."""
+    docs = documents("citibike-s3")
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    (body,) = [d for d in docs if d["kind"] == "Pipeline"]
+    pipeline = parse_pipeline(body)
+    (lake,) = [s for s in pipeline.spec.steps if s.sink and s.sink.parquet]
+    assert lake.sink is not None and lake.sink.parquet is not None
+    target = lake.sink.parquet.s3
+    assert target is not None and target.credentials_secret == "citibike-lake-s3"
+    manifests = render(pipeline, PLATFORM).manifests
+    pods = {
+        m["metadata"]["name"]: m["spec"]["template"]["spec"]
+        for m in manifests
+        if m["kind"] == "Deployment"
+    }
+    secret_ref = {"secretRef": {"name": "citibike-lake-s3"}}
+    for name, pod in pods.items():
+        (container,) = pod["containers"]
+        expected = [secret_ref] if name == f"{pipeline.name}-step-{lake.name}" else []
+        assert container.get("envFrom", []) == expected, name
+        assert not [e for e in container.get("env", []) if e["name"].startswith("AWS_")], name
+        # A bucket needs no local lake volume (the path variant mounts an emptyDir).
+        assert "lake" not in {v["name"] for v in pod.get("volumes", [])}, name
+    (spec_map,) = [m for m in manifests if m["kind"] == "ConfigMap"]
+    text = yaml.safe_dump(spec_map)
+    assert "citibike-lake-s3" in text and "AWS_" not in text

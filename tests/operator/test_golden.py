@@ -49,6 +49,8 @@ PLATFORM_FLAGS = [
     str(TEST_RENDER.default_kafka_cluster),
     "--default-redis-url",
     str(TEST_RENDER.default_redis_url),
+    "--prometheus-url",
+    str(TEST_RENDER.prometheus_url),
 ]
 
 

@@ -35,7 +35,8 @@ SKETCH = example_files()[0]
 FULL = example_files()[1]
 # The session's CRDs include PodMonitor, so the operator (pod monitors: auto) adds one.
 EXPECTED_SETTINGS = TEST_RENDER.model_copy(update={"pod_monitor": True})
-CHILDREN_TIMEOUT = 15.0
+CHILDREN_TIMEOUT = 60.0
+"""A bound for a loaded machine (the suite on two cores saw over 15 s), not a speed target."""
 
 EXAMPLES = [(path, document) for path in example_files() for document in pipeline_documents(path)]
 
@@ -165,7 +166,9 @@ def test_example_pipeline_gets_every_child_then_becomes_ready(
     created, seconds = create_and_wait(cluster, body)
     record_property("children_seconds", round(seconds, 3))
     print(f"\n[operator] {path.name}: all children seen by the test after {seconds:.2f}s")
-    assert seconds < 10, f"children took {seconds:.1f}s"
+    # A bound against a stuck reconcile, not a speed target (that figure is the benchmark's):
+    # generous because the suite shares two cores with its other workers.
+    assert seconds < 60, f"children took {seconds:.1f}s"
 
     # Exactly the rendered children, with the rendered content and owner references.
     want = expected(body, uid=created["metadata"]["uid"])
@@ -198,8 +201,8 @@ def test_example_pipeline_gets_every_child_then_becomes_ready(
 
     table = operator_crds.kubectl("get", "pipelines", "-n", op_namespace)
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "READY", "STEPS", "LAG", "AGE"]
-    assert re.match(rf"^{name}\s+True\s+{steps}/{steps}\s+", row), table
+    assert header.split() == ["NAME", "READY", "PHASE", "STEPS", "LAG", "TABLES", "AGE"]
+    assert re.match(rf"^{name}\s+True\s+Running\s+{steps}/{steps}\s+", row), table
     reasons = {e["reason"] for e in cluster.events(op_namespace, name)}
     assert {"Applied", "Ready"} <= reasons, reasons
 
@@ -560,7 +563,7 @@ def test_flowmill_operator_command_serves_liveness_and_reconciles(
             except OSError:
                 return False
 
-        wait_for(healthy, 30, "the operator's liveness endpoint", interval=0.2)
+        wait_for(healthy, 90, "the operator's liveness endpoint", interval=0.2)
         body = for_namespace(_spec(SKETCH), namespace)
         cluster.create_pipeline(body)
         wait_for(
@@ -599,3 +602,64 @@ def test_delete_collects_children_and_cross_namespace_topics(
     # The finalizer deleted the topics elsewhere; the garbage collector the rest.
     wait_for(lambda: not cluster.children(kafka_ns, name), 10, "cross-namespace KafkaTopics to go")
     wait_for(lambda: not cluster.children(op_namespace, name), 10, "garbage collection of children")
+
+
+def test_replay_holds_the_step_at_zero_runs_the_reset_job_then_scales_back(
+    op_namespace: str, cluster: Cluster
+) -> None:
+    """spec.replay on a running Pipeline: the step's Deployment goes to 0 and its HPA away
+    while the reset Job (the real Job controller's pod, finished by the stand-in kubelet)
+    runs, status says Replaying; once the Job completed, the step is rendered as before
+    (HPA back, Deployment scaled up by it), the Job is pruned, status.replay Succeeded
+    and a Replayed Event. The same id again does nothing; a failed Job's outcome is
+    checked in test_status (the controller's retry backoff would cost this test 30 s)."""
+    body = for_namespace(_spec(SKETCH), op_namespace)
+    name = body["metadata"]["name"]
+    create_and_wait(cluster, body)
+    make_ready(cluster, body)
+    step = naming.step_deployment(name, "by-region")
+    job = naming.replay_job(name, "by-region", "r1")
+    spec = copy.deepcopy(body["spec"])
+    spec["replay"] = {"id": "r1", "step": "by-region", "fromOffset": 0}
+    cluster.patch_pipeline(op_namespace, name, spec)
+
+    def holding() -> bool:
+        found = live_children(cluster, body)
+        replay = (cluster.pipeline(op_namespace, name).get("status") or {}).get("replay") or {}
+        return (
+            ("Job", op_namespace, job) in found
+            and ("HorizontalPodAutoscaler", op_namespace, step) not in found
+            and cluster.deployment(op_namespace, step)["spec"]["replicas"] == 0
+            and replay.get("phase") == "Replaying"
+        )
+
+    wait_for(holding, CHILDREN_TIMEOUT, "the step held at zero and the reset Job")
+    assert cluster.pipeline(op_namespace, name)["status"]["phase"] == "Replaying"
+    wait_for(lambda: cluster.finish_job_pods(op_namespace, job, 0), 10, "the Job's pod")
+
+    def scaled_back() -> dict[str, Any] | None:
+        status = cluster.pipeline(op_namespace, name).get("status") or {}
+        found = live_children(cluster, body)
+        done = (
+            (status.get("replay") or {}).get("phase") == "Succeeded"
+            and status.get("phase") == "Running"
+            and ("Job", op_namespace, job) not in found
+            and ("HorizontalPodAutoscaler", op_namespace, step) in found
+        )
+        return status if done else None
+
+    status = wait_for(scaled_back, 20, "the replay to finish and the step to come back")
+    assert status["replay"] == {
+        "id": "r1",
+        "step": "by-region",
+        "phase": "Succeeded",
+        "job": job,
+        "message": "positions and table reset",
+    }
+    assert live_children(cluster, body) == keys(expected({**body, "spec": body["spec"]}))
+    wait_for(
+        lambda: cluster.deployment(op_namespace, step)["spec"].get("replicas", 0) >= 1,
+        10,
+        "the HPA to scale the step back up",
+    )
+    assert any(e["reason"] == "Replayed" for e in cluster.events(op_namespace, name))

@@ -3,13 +3,16 @@ operator on the real control plane, the topics on the real broker."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import time
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient  # type: ignore[import-untyped]
+from kafka import KafkaAdminClient, KafkaProducer  # type: ignore[import-untyped]
 
 from flowmill.local.kafka import EmbeddedKafka
+from flowmill.spec.topology import DEAD_LETTER_REASON_HEADER
 from flowmill_operator import naming
 from tests.harness.waiting import wait_for
 from tests.operator.helpers import STRIMZI, Cluster
@@ -210,3 +213,118 @@ def test_leaving_strimzi_releases_the_kafka_topics_instead_of_deleting_them(
         "the Pipeline to be finalized",
     )
     assert topic in partitions(kafka_broker), "the operator did not create it: it stays"
+
+
+def test_restarts_and_dead_letters_reach_status_columns_and_events(
+    flowmill_operator: object,
+    op_namespace: str,
+    cluster: Cluster,
+    kafka_broker: EmbeddedKafka,
+) -> None:
+    """What `kubectl get pipelines -o wide` and `kubectl describe pipeline` show of a
+    worker that restarted (as its kubelet reports it) and of dead letters on the topic."""
+    tag = secrets.token_hex(3)
+    events, dead = f"in-{tag}", f"dlq-{tag}"
+    name = "health"
+    body = {
+        "apiVersion": "flowmill.dev/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": name, "namespace": op_namespace},
+        "spec": {
+            "kafka": {
+                "bootstrapServers": kafka_broker.bootstrap_servers,
+                "topicManagement": "admin",
+            },
+            "topics": [{"name": events}, {"name": dead}],
+            "steps": [{"name": "check", "from": events, "deadLetter": dead, "filter": "true"}],
+            "api": {"enabled": False},
+        },
+    }
+    cluster.create_pipeline(body)
+    wait_for(
+        lambda: status_of(cluster, op_namespace, name).get("deadLetters") == 0,
+        TIMEOUT,
+        "deadLetters 0 in the status",
+    )
+    pod = wait_for(
+        lambda: (
+            cluster.core.list_namespaced_pod(
+                op_namespace, label_selector=f"{naming.PIPELINE_LABEL}={name}"
+            ).items
+        ),
+        TIMEOUT,
+        "the step's pod",
+    )[0]
+    assert status_of(cluster, op_namespace, name)["restarts"] == 0
+
+    # Two dead letters, as a worker writes them (the reason in its header).
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers)
+    for i in (1, 2):
+        producer.send(
+            dead, b"{}", headers=[(DEAD_LETTER_REASON_HEADER, f"on purpose {i}".encode())]
+        )
+        producer.flush()
+    producer.close()
+    # The container restarted twice, OOM-killed last: what its kubelet would report.
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    container = pod.spec.containers[0]
+    cluster.core.patch_namespaced_pod_status(
+        pod.metadata.name,
+        op_namespace,
+        {
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": container.name,
+                        "image": container.image,
+                        "imageID": "",
+                        "ready": True,
+                        "restartCount": 2,
+                        "state": {"running": {"startedAt": now}},
+                        "lastState": {
+                            "terminated": {
+                                "exitCode": 137,
+                                "reason": "OOMKilled",
+                                "startedAt": now,
+                                "finishedAt": now,
+                            }
+                        },
+                    }
+                ],
+            }
+        },
+    )
+
+    def counted() -> dict[str, Any] | None:
+        st = status_of(cluster, op_namespace, name)
+        ok = st.get("restarts") == 2 and st.get("deadLetters") == 2
+        return st if ok else None
+
+    st = wait_for(counted, TIMEOUT, "restarts 2 and deadLetters 2 in the status")
+    assert st["steps"][0]["restarts"] == 2
+
+    def posted() -> dict[str, str] | None:
+        found = {e["reason"]: e["message"] for e in cluster.events(op_namespace, name)}
+        return found if {"WorkerRestarted", "DeadLetters"} <= set(found) else None
+
+    found = wait_for(posted, TIMEOUT, "WorkerRestarted and DeadLetters Events")
+    assert f"{pod.metadata.name}: OOMKilled (exit 137)" in found["WorkerRestarted"]
+    assert "2 container restart(s)" in found["WorkerRestarted"]
+    assert f"{dead} holds 2 (newest: on purpose 2)" in found["DeadLetters"]
+
+    # The columns `kubectl get -o wide` prints: the apiserver's Table of the CRD's columns.
+    response = cluster.api.call_api(
+        *cluster.api.param_serialize(
+            "GET",
+            f"/apis/flowmill.dev/v1alpha1/namespaces/{op_namespace}/pipelines/{name}",
+            header_params={"Accept": "application/json;as=Table;g=meta.k8s.io;v=v1"},
+            auth_settings=["BearerToken"],
+        )
+    )
+    table = json.loads(response.read())
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    cells = dict(zip(columns, table["rows"][0]["cells"], strict=True))
+    assert cells["Restarts"] == 2 and cells["Dead-Letters"] == 2
+    assert cells["Degraded"] == "AsExpected"
+    cluster.delete_pipeline(op_namespace, name)

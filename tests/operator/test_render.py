@@ -137,7 +137,55 @@ def test_worker_and_api_command_lines() -> None:
         str(API_PORT),
         "--host",
         "0.0.0.0",
+        # The operator's connection settings, by default the API's own defaults.
+        "--header-timeout",
+        "10",
+        "--max-connections",
+        "2000",
+        "--stop-grace",
+        "20",
     ]
+
+
+def test_api_connection_flags_come_from_the_spec_and_the_operator_settings() -> None:
+    """spec.api.trustedProxies (how this API is exposed) and the operator's limits reach
+    the API's argv, and mean there what `flowmill api` reads."""
+    from flowmill.cli import build_parser
+
+    proxies = ["10.244.0.0/16", "192.168.7.3", "fd00::/8"]
+    pipeline = edited(SKETCH, lambda d: d["spec"].setdefault("api", {}).update(
+        trustedProxies=proxies))  # fmt: skip
+    settings = SETTINGS.model_copy(
+        update={
+            "api_header_timeout_seconds": 2.5,
+            "api_max_connections": 300,
+            "api_stop_grace_seconds": 45,
+        }
+    )
+    api = by_kind(render(pipeline, settings).manifests, "Deployment")["trip-metrics-api"]
+    pod = api["spec"]["template"]["spec"]
+    args = build_parser().parse_args(pod["containers"][0]["args"])
+    assert args.trusted_proxies == "10.244.0.0/16,192.168.7.3,fd00::/8"
+    assert (args.header_timeout, args.max_connections, args.stop_grace) == (2.5, 300, 45)
+    # The kubelet waits past the API's own grace before its SIGKILL.
+    assert pod["terminationGracePeriodSeconds"] == 45 + 10
+    # Without proxies in the spec there is no flag: the API believes no X-Forwarded-For.
+    plain = by_kind(render(load(SKETCH), settings).manifests, "Deployment")["trip-metrics-api"]
+    assert "--trusted-proxies" not in plain["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_trusted_proxies_must_be_networks() -> None:
+    from flowmill.manifest import PipelineInvalid
+
+    def bad(d: dict[str, Any]) -> None:
+        d["spec"].setdefault("api", {})["trustedProxies"] = ["10.0.0.0/8", "10.0.0.1/8", "proxy"]
+
+    with pytest.raises(PipelineInvalid) as err:
+        edited(SKETCH, bad)
+    text = str(err.value)
+    assert "spec.api.trustedProxies[1]: '10.0.0.1/8' is not an IP address or a network" in text
+    assert "spec.api.trustedProxies[2]: 'proxy'" in text
+    assert "trustedProxies[0]" not in text
 
 
 def test_redis_secret_ref_and_s3_credentials_come_from_secrets() -> None:
@@ -401,3 +449,159 @@ def test_rendering_does_not_mutate_or_share_state() -> None:
     deployment = next(m for m in first if m["kind"] == "Deployment")
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = True
     assert render(pipeline, SETTINGS).manifests == snapshot
+
+
+def test_paused_scales_every_worker_to_zero_and_keeps_the_pods_the_same() -> None:
+    """spec.paused: sources and steps at replicas 0, no autoscaler to scale them back up,
+    the API serving; resuming renders what was there before, the same pod templates
+    (no rollout), and status says Paused."""
+    from flowmill_operator.status import pipeline_status
+    from tests.operator.test_status import all_ready
+
+    def pause(doc: dict[str, Any]) -> None:
+        doc["spec"]["paused"] = True
+
+    for path in (FULL, SKETCH):
+        running, paused = render(load(path), SETTINGS), render(edited(path, pause), SETTINGS)
+        deployments = by_kind(paused.manifests, "Deployment")
+        workers = {n: d for n, d in deployments.items() if not n.endswith("-api")}
+        assert workers and all(d["spec"]["replicas"] == 0 for d in workers.values())
+        api = by_kind(running.manifests, "Deployment")[naming.api_deployment(load(path).name)]
+        assert deployments[naming.api_deployment(load(path).name)] == api
+        kinds = {m["kind"] for m in paused.manifests}
+        assert not kinds & {"ScaledObject", "TriggerAuthentication"}
+        assert {
+            m["spec"]["scaleTargetRef"]["name"]
+            for m in paused.manifests
+            if m["kind"] == "HorizontalPodAutoscaler"
+        } <= {naming.api_deployment(load(path).name)}
+        assert paused.spec_hash == running.spec_hash
+        before = by_kind(running.manifests, "Deployment")
+        for name, d in workers.items():
+            assert d["spec"]["template"] == before[name]["spec"]["template"]
+        assert all(s.replicas == 0 and s.autoscaler is None for s in paused.scales.values())
+        pipeline = edited(path, pause)
+        status = pipeline_status(
+            pipeline,
+            paused,
+            all_ready(paused),
+            namespace="default",
+            generation=2,
+            previous={},
+            prune_errors=[],
+        )
+        assert status["phase"] == "Paused"
+        ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+        assert ready["status"] == "True", ready
+        assert (
+            pipeline_status(
+                load(path),
+                running,
+                all_ready(running),
+                namespace="default",
+                generation=2,
+                previous={},
+                prune_errors=[],
+            )["phase"]
+            == "Running"
+        )
+
+
+def test_replay_holds_its_step_at_zero_and_renders_the_reset_job() -> None:
+    """spec.replay: the step's Deployment at 0 with no autoscaler, the others as they
+    were; a Job running `flowmill replay-reset` in the step's own pod (env and secret
+    references, volumes, resources: the operator reads no Secrets, the Job reaches Kafka
+    and Redis as the workers do); no rollout. Once status says the id succeeded, the
+    render is the one without a request. Steps a replay cannot reset are refused."""
+    from flowmill.manifest import PipelineInvalid
+    from flowmill_operator.status import pipeline_status
+    from tests.operator.test_status import all_ready
+
+    def replay(**request: Any) -> Any:
+        def edit(doc: dict[str, Any]) -> None:
+            doc["spec"]["replay"] = request
+
+        return edit
+
+    running = render(load(FULL), SETTINGS)
+    pipeline = edited(FULL, replay(id="fix-1", step="daily-kpis", fromOffset=5))
+    replaying = render(pipeline, SETTINGS)
+    step = naming.step_deployment("everything", "daily-kpis")
+    deployments = by_kind(replaying.manifests, "Deployment")
+    assert deployments[step]["spec"]["replicas"] == 0
+    assert replaying.scales["daily-kpis"].autoscaler is None
+    assert not any(
+        m["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")
+        and m["spec"]["scaleTargetRef"]["name"] == step
+        for m in replaying.manifests
+    )
+    before = by_kind(running.manifests, "Deployment")
+    for name, d in deployments.items():
+        assert d["spec"]["template"] == before[name]["spec"]["template"]
+        if name != step:
+            assert d == before[name]
+    assert replaying.spec_hash == running.spec_hash
+    (job,) = by_kind(replaying.manifests, "Job").values()
+    assert job["metadata"]["name"] == naming.replay_job("everything", "daily-kpis", "fix-1")
+    assert job["metadata"]["name"] != naming.replay_job("everything", "daily-kpis", "fix-2")
+    names = [m["metadata"]["name"] for m in replaying.manifests]
+    assert names.index(job["metadata"]["name"]) > names.index(step)
+    pod, worker_pod = job["spec"]["template"]["spec"], before[step]["spec"]["template"]["spec"]
+    (container,), (worker,) = pod["containers"], worker_pod["containers"]
+    assert container["args"] == [
+        "replay-reset",
+        "--pipeline",
+        naming.PIPELINE_FILE,
+        "--step",
+        "daily-kpis",
+        "--from-offset",
+        "5",
+    ]
+    for key in ("image", "env", "volumeMounts", "resources", "securityContext"):
+        assert container[key] == worker[key], key
+    assert {
+        "name": "FLOWMILL_REDIS_URL",
+        "valueFrom": {"secretKeyRef": {"name": "redis-url", "key": "url"}},
+    } in container["env"]
+    assert pod["volumes"] == worker_pod["volumes"]
+    assert pod["restartPolicy"] == "Never" and "ports" not in container
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels[naming.COMPONENT_LABEL] == "replay" and naming.STEP_LABEL not in labels
+    assert naming.SPEC_HASH_ANNOTATION not in job["spec"]["template"]["metadata"].get(
+        "annotations", {}
+    )
+
+    status = pipeline_status(
+        pipeline,
+        replaying,
+        all_ready(replaying),
+        namespace="data",
+        generation=2,
+        previous={},
+        prune_errors=[],
+    )
+    assert status["phase"] == "Replaying"
+    assert status["replay"]["phase"] == "Replaying"
+    assert {c["type"]: c for c in status["conditions"]}["Ready"]["status"] == "True"
+
+    done = render(pipeline, SETTINGS, replayed="fix-1")
+    assert [m for m in done.manifests if m["kind"] != "ConfigMap"] == [
+        m for m in running.manifests if m["kind"] != "ConfigMap"
+    ]
+    timed = edited(FULL, replay(id="t", step="daily-kpis", **{"from": "2025-08-15T10:00:00Z"}))
+    (job,) = by_kind(render(timed, SETTINGS).manifests, "Job").values()
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == [
+        "--from",
+        "2025-08-15T10:00:00Z",
+    ]
+
+    for step_name, word in (("join-trips", "correlate"), ("station-lake", "Parquet")):
+        with pytest.raises(RenderError) as refused:
+            render(edited(FULL, replay(id="x", step=step_name, fromOffset=0)), SETTINGS)
+        (error,) = refused.value.errors
+        assert error.path == "spec.replay.step" and word in error.message
+    with pytest.raises(PipelineInvalid) as invalid:
+        edited(FULL, replay(id="x", step="nope", fromOffset=0))
+    assert "spec.replay.step" in str(invalid.value)
+    with pytest.raises(PipelineInvalid):
+        edited(FULL, replay(id="x", step="daily-kpis"))

@@ -23,6 +23,7 @@ from flowmill_operator.status import (
     merge_conditions,
     pipeline_status,
 )
+from flowmill_operator.table_state import TableStates
 from tests.operator.fixtures import TEST_RENDER
 from tests.operator.helpers import example_files
 
@@ -96,6 +97,33 @@ def test_everything_ready_is_ready() -> None:
     assert status["steps"] == [
         {"name": "by-region", "replicas": 1, "readyReplicas": 1, "maxReplicas": 6}
     ]
+
+
+def test_table_state_joins_ready_and_degraded_only_when_known() -> None:
+    pipeline, rendered = sketch()
+    (table,) = [t for _, t in pipeline.tables()]
+    seen = all_ready(rendered)
+    seen.tables = TableStates(
+        unknown="RedisUnreachable", unknown_reason="Redis at r did not answer"
+    )
+    status = status_of(pipeline, rendered, seen)
+    c = conditions(status)
+    assert c["TablesExact"]["status"] == "Unknown" and c["Ready"]["reason"] == "AllReady"
+    assert status["tablesState"] == "unknown" and c["Degraded"]["status"] == "False"
+    rebuilding = {
+        "rebuilding": [{"topic": "t", "partition": 0, "until_offset": 9}],
+        "incomplete": [],
+    }
+    seen.tables = TableStates({table: rebuilding})
+    c = conditions(status_of(pipeline, rendered, seen))
+    assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "TablesRebuilding"
+    assert c["Degraded"]["status"] == "False"
+    seen.tables = TableStates({table: None})
+    assert status_of(pipeline, rendered, seen)["tablesState"] == "exact"
+    seen.tables = None  # no tables: nothing to say
+    status = status_of(pipeline, rendered, seen)
+    assert conditions(status)["TablesExact"]["reason"] == "NoTables"
+    assert "tables" not in {k for k, v in status.items() if v is not None}
 
 
 def test_pending_topics_and_pods_are_not_degraded() -> None:
@@ -289,3 +317,69 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     without_flowmill_env(monkeypatch)
     kwargs = operator_kwargs(OperatorSettings(peering="p"))
     assert 1 <= kwargs["priority"] <= 1_000_000
+
+
+def test_replay_status_follows_its_job() -> None:
+    """status.replay read off the reset Job: running -> Replaying, Complete ->
+    Succeeded (and kept once the Job is pruned), Failed -> Degraded ReplayFailed with the
+    Job's reason, phase Replaying meanwhile; a removed request clears it."""
+    from flowmill.manifest import parse_pipeline
+    from flowmill_operator.status import replayed_id
+
+    pipeline, _ = sketch()
+    doc = pipeline.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["spec"]["replay"] = {"id": "r7", "step": "by-region", "fromOffset": 0}
+    replay = parse_pipeline(doc)
+    rendered = render(replay, TEST_RENDER, namespace=NS)
+    job = naming.replay_job(replay.name, "by-region", "r7")
+    key = ("Job", NS, job)
+
+    def with_job(status: dict[str, Any]) -> dict[str, Any]:
+        seen = all_ready(rendered)
+        seen.children[key] = {**seen.children[key], "status": status}
+        return status_of(replay, rendered, seen)
+
+    running = with_job({"active": 1})
+    assert running["phase"] == "Replaying"
+    assert running["replay"] == {
+        "id": "r7",
+        "step": "by-region",
+        "phase": "Replaying",
+        "job": job,
+        "message": "the step is at zero; the reset Job runs",
+    }
+    assert conditions(running)["Degraded"]["status"] == "False"
+    assert replayed_id(running) is None
+
+    failed = with_job(
+        {
+            "failed": 3,
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit",
+                },
+            ],
+        }
+    )
+    assert failed["phase"] == "Replaying" and failed["replay"]["phase"] == "Failed"
+    degraded = conditions(failed)["Degraded"]
+    assert degraded["status"] == "True" and degraded["reason"] == "ReplayFailed"
+    assert "BackoffLimitExceeded" in degraded["message"] and "r7" in degraded["message"]
+    assert replayed_id(failed) is None
+
+    done = with_job({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+    assert done["replay"]["phase"] == "Succeeded" and replayed_id(done) == "r7"
+    # Rendered again with the request finished: the step back, the Job gone, the record kept.
+    again = render(replay, TEST_RENDER, namespace=NS, replayed="r7")
+    assert key not in {(m["kind"], NS, m["metadata"]["name"]) for m in again.manifests}
+    after = status_of(replay, again, all_ready(again), previous=done)
+    assert after["phase"] == "Running" and after["replay"] == done["replay"]
+    assert (
+        status_of(
+            pipeline, render(pipeline, TEST_RENDER, namespace=NS), all_ready(again), previous=done
+        )["replay"]
+        is None
+    )

@@ -1,19 +1,29 @@
-"""Helpers for worker tests: build Pipelines, feed topics, run a step until it caught up."""
+"""Helpers for worker tests: build Pipelines, feed topics, run a step until it caught up,
+run a worker process and kill -9 it mid-stream."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
+import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from flowmill import serving
 from flowmill.local.kafka import EmbeddedKafka
 from flowmill.manifest import parse_pipeline
 from flowmill.spec import Pipeline, all_topics
 from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
+from tests.harness.waiting import wait_for
 
 
 def pipeline(name: str, topics: list[dict[str, Any]], steps: list[dict[str, Any]]) -> Pipeline:
@@ -132,3 +142,65 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
     finally:
         await consumer.stop()
     return {tp.partition: offset for tp, offset in ends.items()}
+
+
+def start_worker(
+    manifest: Path, step: str, kafka: EmbeddedKafka, redis_url: str, log: Path, batch_size: int
+) -> subprocess.Popen[bytes]:
+    """`flowmill worker` for one step as its own process (a kill -9 must kill a process,
+    not a task), its output appended to `log` across restarts."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flowmill.cli", "worker", "--pipeline", str(manifest),
+         "--step", step, "--bootstrap-servers", kafka.bootstrap_servers,
+         "--redis-url", redis_url, "--metrics-port", "0", "--batch-size", str(batch_size)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def durable_events(client: redis.Redis, name: str, step: str, topic: str | None = None) -> int:
+    """Events a step's Redis checkpoint holds as done: the sum of its `topic:partition`
+    positions (of one input topic when given), not the `:wm`/`:seen` fields beside them."""
+    raw = client.hgetall(serving.checkpoint_key(name, step))
+    fields = ((k.decode(), int(v)) for k, v in raw.items())
+    return sum(
+        v for k, v in fields if k.count(":") == 1 and (topic is None or k.startswith(f"{topic}:"))
+    )
+
+
+MAX_KILL_DELAY_S = 0.3
+"""How far past a durable batch a kill may land: within the next batches' work."""
+
+
+def kill_9_mid_stream(
+    start: Callable[[], subprocess.Popen[bytes]],
+    progress: Callable[[], int],
+    rng: random.Random,
+    kills: int,
+    stop_at: int | None = None,
+) -> list[int]:
+    """Starts a worker and kill -9s it once it made a batch durable, at a random point of
+    the next MAX_KILL_DELAY_S, `kills` times (fewer if `progress()` reaches `stop_at`).
+    Returns the progress after each kill."""
+    after = []
+    for _ in range(kills):
+        worker = start()
+        try:
+            before = progress()
+            # Start-up, and after a kill the rebalance that waits out the killed member's
+            # session: a minute and more on a loaded machine.
+            wait_for(lambda: progress() > before, 120, "a durable batch")  # noqa: B023
+            time.sleep(rng.uniform(0.0, MAX_KILL_DELAY_S))
+        finally:
+            os.kill(worker.pid, signal.SIGKILL)  # also when the wait failed: none left behind
+            worker.wait()
+        after.append(progress())
+        if stop_at is not None and after[-1] >= stop_at:
+            break
+    return after
+
+
+def stop_worker(worker: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM: the worker must finish its batch and exit 0 (its log tail if not)."""
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, log.read_text()[-3000:]

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from flowmill.local.ports import LOOPBACK, free_port
 from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 from flowmill_workers.sinks.redis_tables import status_key
 from tests.harness.waiting import unique
+from tests.harness.waiting import wait_for as poll_until
 from tests.workers.harness import counter_value, create_topics, pipeline, produce
 
 BASE_MS = 1_763_800_000_000 - 1_763_800_000_000 % 60_000
@@ -104,6 +105,34 @@ def stored(client: redis.Redis, name: str) -> dict[tuple[str, int], tuple[int, f
             h = client.hgetall(serving.window_key(name, "t", key.decode(), int(start)))
             out[(key.decode(), int(start))] = (int(h[b"n"]), float(h[b"total"]))
     return out
+
+
+def wait_exact(
+    client: redis.Redis,
+    name: str,
+    want: dict[tuple[str, int], tuple[int, float]],
+    timeout: float,
+    what: str,
+    *,
+    interval: float,
+    check: Callable[[], object] = lambda: None,
+) -> None:
+    """Until the stored windows equal `want` (calling `check` on each try, e.g. that the
+    workers are alive); on timeout, fail with the windows that differ."""
+
+    def exact() -> bool:
+        check()
+        return stored(client, name) == want
+
+    try:
+        poll_until(exact, timeout, what, interval=interval)
+    except TimeoutError:
+        got = stored(client, name)
+        wrong = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+        raise AssertionError(
+            f"{len(wrong)} of {len(want)} windows wrong (got, want): "
+            f"{list(wrong.items())[:5]}; extra: {len(set(got) - set(want))}"
+        ) from None
 
 
 def processed(client: redis.Redis, name: str) -> int:

@@ -5,10 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from flowmill.spec.launch import WORKER_METRICS_PORT
+from flowmill.spec.launch import (
+    ENV_REDIS_TIMEOUT,
+    REDIS_TIMEOUT_S,
+    STOP_GRACE_S,
+    WORKER_METRICS_PORT,
+)
+
+if TYPE_CHECKING:
+    from flowmill.kafka_security import KafkaClientSecurity
+    from flowmill.spec import Pipeline
+    from flowmill_workers.runtime.step_runner import StepRunner
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +36,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=WORKER_METRICS_PORT,
         help=f"port of /metrics, /healthz, /readyz (default {WORKER_METRICS_PORT}; 0 picks one)",
     )
-    parser.add_argument("--batch-size", type=int, default=5000, help="events per batch")
+    parser.add_argument(
+        "--code-path",
+        metavar="DIR",
+        help="a Faust step's code directory, first on the import path (faust.code)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="most events per batch (default: WorkerConfig.batch_size, 10,000)",
+    )
     parser.add_argument(
         "--write-attempts",
         type=int,
@@ -40,51 +62,137 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how long Redis may refuse writes (OOM, loading, unreachable) before the worker "
         "exits non-zero (default 60)",
     )
+    parser.add_argument(
+        "--redis-timeout",
+        type=_positive_seconds,
+        # A string default goes through `type` too, so a bad variable is an error naming it.
+        default=os.environ.get(ENV_REDIS_TIMEOUT, str(REDIS_TIMEOUT_S)),
+        metavar="SECONDS",
+        help="a Redis command unanswered this long fails and is retried like a refused write "
+        f"(default: {ENV_REDIS_TIMEOUT}, else {REDIS_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=STOP_GRACE_S,
+        metavar="SECONDS",
+        help="after SIGTERM, how long the worker may take to finish its batch and close "
+        f"before it exits anyway, naming what was not durable (default {STOP_GRACE_S})",
+    )
     parser.set_defaults(handler=run)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive number of seconds (--redis-timeout or {ENV_REDIS_TIMEOUT})"
+        )
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from flowmill import redact
+
+    redact.install()  # e.g. an httpPoll URL's token, a Redis URL's password
     from flowmill.connections import ConnectionMissing
+    from flowmill.kafka_security import KafkaSecurityInvalid
     from flowmill.manifest import PipelineInvalid, load_pipeline
     from flowmill_workers.sources.resume import OutputTopicMissing
 
     try:
         pipeline = load_pipeline(args.pipeline)
+        if args.step and pipeline.spec.step(args.step).faust is not None:
+            return _run_faust(args, pipeline)
         return asyncio.run(_run(args, pipeline))
-    except (PipelineInvalid, ConnectionMissing, KeyError, OutputTopicMissing) as err:
+    except (
+        PipelineInvalid,
+        ConnectionMissing,
+        KeyError,
+        OutputTopicMissing,
+        KafkaSecurityInvalid,
+    ) as err:
         print(f"flowmill worker: {err}", file=sys.stderr)
         return 1
 
 
-async def _run(args: argparse.Namespace, pipeline: object) -> int:
-    from flowmill.connections import bootstrap_servers, redis_url
+def _run_faust(args: argparse.Namespace, pipeline: object) -> int:
+    # Faust's worker owns the event loop (and the signal handlers), so no asyncio.run.
+    from flowmill.connections import bootstrap_servers
+    from flowmill.kafka_security import KafkaClientSecurity
     from flowmill.spec import Pipeline
-    from flowmill_workers.runtime.durability import WriteRetry
-    from flowmill_workers.runtime.http import serve_worker
-    from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
+    from flowmill_workers.faust_step import run_faust_step
 
     assert isinstance(pipeline, Pipeline)
+    servers = bootstrap_servers(pipeline, args.bootstrap_servers)
+    security = KafkaClientSecurity.from_env()
+    return run_faust_step(pipeline, args.step, servers, args.metrics_port, args.code_path, security)
+
+
+async def _run(args: argparse.Namespace, pipeline: object) -> int:
+    from flowmill.connections import bootstrap_servers
+    from flowmill.kafka_security import KafkaClientSecurity
+    from flowmill.spec import Pipeline
+    from flowmill_workers.runtime.http import Worker, serve_worker
+    from flowmill_workers.runtime.kafka_admission import AdmittedWorker
+    from flowmill_workers.runtime.shutdown import StopDeadline
+    from flowmill_workers.runtime.source_runner import SourceConfig, SourceRunner
+
+    assert isinstance(pipeline, Pipeline)
+    servers = bootstrap_servers(pipeline, args.bootstrap_servers)
+    security = KafkaClientSecurity.from_env()
+    worker: Worker
+    if args.source:
+        pipeline.spec.source(args.source)  # KeyError names a missing source early
+        worker = SourceRunner(pipeline, args.source, SourceConfig(servers, security))
+        what = f"source {args.source}"
+    else:
+        worker = _step_runner(args, pipeline, servers, security)
+        what = f"step {args.step}"
+    worker = AdmittedWorker(worker, servers, security)
     stop = asyncio.Event()
+    deadline = StopDeadline(what, args.stop_grace, worker.stop_state)
+
+    def on_signal() -> None:
+        if stop.is_set():
+            deadline.expire_now()
+        stop.set()
+        deadline.start()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    servers = bootstrap_servers(pipeline, args.bootstrap_servers)
-    if args.source:
-        from flowmill_workers.runtime.source_runner import run_source
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await serve_worker(worker, stop, args.metrics_port)
+    finally:
+        deadline.finished()
+    return 0
 
-        pipeline.spec.source(args.source)  # KeyError names a missing source early
-        await run_source(pipeline, args.source, servers, stop, args.metrics_port)
-        return 0
+
+def _step_runner(
+    args: argparse.Namespace, pipeline: Pipeline, servers: str, security: KafkaClientSecurity
+) -> StepRunner:
+    from flowmill.connections import redis_url
+    from flowmill_workers.runtime.durability import WriteRetry
+    from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
+
     step = pipeline.spec.step(args.step)
     needs_redis = bool(step.sink and step.sink.redis)
     config = WorkerConfig(
         bootstrap_servers=servers,
         redis_url=redis_url(pipeline, args.redis_url) if needs_redis else None,
-        batch_size=args.batch_size,
-        write_retry=WriteRetry(attempts=args.write_attempts, give_up_s=args.write_give_up),
+        batch_size=WorkerConfig.batch_size if args.batch_size is None else args.batch_size,
+        write_retry=WriteRetry(
+            attempts=args.write_attempts,
+            give_up_s=args.write_give_up,
+            reply_timeout_s=args.redis_timeout,
+        ),
+        security=security,
     )
-    await serve_worker(StepRunner(pipeline, args.step, config), stop, args.metrics_port)
-    return 0
+    return StepRunner(pipeline, args.step, config)

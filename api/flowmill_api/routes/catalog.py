@@ -7,11 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from flowmill.spec import Pipeline
+from flowmill_api import queries
 from flowmill_api.catalog import Table
+from flowmill_api.errors import REDIS_ERRORS
 from flowmill_api.models import PipelineList, PipelineModel, TableModel
 from flowmill_api.responses import JsonResponse
 from flowmill_api.routes.common import ERRORS, PipelineName, TableName
 from flowmill_api.state import app_state
+from flowmill_api.store import TableStore
 
 router = APIRouter(tags=["catalog"], responses={404: ERRORS[404]})
 
@@ -22,12 +25,17 @@ def table_links(t: Table) -> dict[str, str]:
     if t.kind == "window":
         links |= {
             "keys": f"{base}/keys",
-            "windows": f"{base}/windows",
-            "current_top": f"{base}/windows/current/top",
             "key_current": f"{base}/keys/{{key}}/windows/current",
             "key_latest": f"{base}/keys/{{key}}/windows/latest",
             "key_range": f"{base}/keys/{{key}}/windows",
         }
+        if t.is_session:
+            links |= {
+                "sessions_recent": f"{base}/sessions/recent",
+                "sessions_top": f"{base}/sessions/top",
+            }
+        else:
+            links |= {"windows": f"{base}/windows", "current_top": f"{base}/windows/current/top"}
     else:
         links |= {"entries": f"{base}/entries", "entry": f"{base}/entries/{{key}}"}
         if t.geo is not None:
@@ -35,13 +43,16 @@ def table_links(t: Table) -> dict[str, str]:
     return links
 
 
-def table_dict(t: Table) -> dict[str, Any]:
+def table_dict(t: Table, status: dict[str, str] | None) -> dict[str, Any]:
+    """The table's shape, and its state from its status hash (TableStore.statuses)."""
     window = None
     if t.kind == "window":
         window = {
             "type": t.window_type,
             "size_ms": t.window_size_ms,
             "advance_ms": t.window_advance_ms,
+            "gap_ms": t.session_gap_ms,
+            "max_duration_ms": t.session_max_ms,
             "allowed_lateness_ms": t.allowed_lateness_ms,
             "retain": t.retain,
             "event_time_field": t.event_time_field,
@@ -59,24 +70,49 @@ def table_dict(t: Table) -> dict[str, Any]:
         "ttl_seconds": t.ttl_seconds,
         "live": t.publish,
         "links": table_links(t),
+        **_state_fields(status),
     }
 
 
-def pipeline_dict(p: Pipeline, tables: dict[str, Table]) -> dict[str, Any]:
+def _state_fields(status: dict[str, str] | None) -> dict[str, Any]:
+    """`status` always (`unknown` while Redis does not answer); the same `state` object as
+    the table's own responses when it is not exact."""
+    if status is None:
+        return {"status": "unknown"}
+    state = queries.table_state(status)
+    fields: dict[str, Any] = {"status": queries.status_of(state)}
+    if state is not None:
+        fields["state"] = state
+    return fields
+
+
+async def _statuses(store: TableStore, tables: list[Table]) -> list[dict[str, str] | None]:
+    """Each table's status hash; None for each when Redis does not answer, since the
+    catalog describes the manifests and must not fail with Redis."""
+    try:
+        return list(await store.statuses(tables))
+    except REDIS_ERRORS:
+        return [None] * len(tables)
+
+
+async def pipeline_dict(store: TableStore, p: Pipeline, tables: dict[str, Table]) -> dict[str, Any]:
+    statuses = await _statuses(store, list(tables.values()))
     return {
         "name": p.name,
         "namespace": p.metadata.namespace,
-        "tables": [table_dict(t) for t in tables.values()],
+        "tables": [table_dict(t, s) for t, s in zip(tables.values(), statuses, strict=True)],
     }
 
 
 @router.get("/pipelines", response_model=PipelineList, summary="Every pipeline and its tables")
 async def list_pipelines(request: Request) -> JsonResponse:
-    catalog = app_state(request).catalog
+    state = app_state(request)
+    catalog = state.catalog
     return JsonResponse(
         {
             "pipelines": [
-                pipeline_dict(p, catalog.tables[name]) for name, p in catalog.pipelines.items()
+                await pipeline_dict(state.store, p, catalog.tables[name])
+                for name, p in catalog.pipelines.items()
             ]
         }
     )
@@ -84,8 +120,10 @@ async def list_pipelines(request: Request) -> JsonResponse:
 
 @router.get("/pipelines/{pipeline}", response_model=PipelineModel, summary="One pipeline")
 async def get_pipeline(request: Request, pipeline: PipelineName) -> JsonResponse:
-    catalog = app_state(request).catalog
-    return JsonResponse(pipeline_dict(catalog.pipeline(pipeline), catalog.tables[pipeline]))
+    state = app_state(request)
+    catalog = state.catalog
+    p = catalog.pipeline(pipeline)
+    return JsonResponse(await pipeline_dict(state.store, p, catalog.tables[pipeline]))
 
 
 @router.get(
@@ -94,4 +132,7 @@ async def get_pipeline(request: Request, pipeline: PipelineName) -> JsonResponse
     summary="One table: key field, window, aggregates, geo fields, links",
 )
 async def get_table(request: Request, pipeline: PipelineName, table: TableName) -> JsonResponse:
-    return JsonResponse(table_dict(app_state(request).catalog.table(pipeline, table)))
+    state = app_state(request)
+    t = state.catalog.table(pipeline, table)
+    (status,) = await _statuses(state.store, [t])
+    return JsonResponse(table_dict(t, status))

@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import Path
 
+from flowmill_api import queries
 from flowmill_api.models import ErrorBody
+from flowmill_api.responses import JsonResponse
 
 PipelineName = Annotated[str, Path(description="The Pipeline's metadata.name.")]
 TableName = Annotated[str, Path(description="The table (a step's sink.redis.table).")]
@@ -22,3 +24,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
 }
+
+
+def table_response(body: queries.Body) -> JsonResponse:
+    """A table route's answer, with the table's state in queries.STATE_HEADER."""
+    return JsonResponse(body, headers={queries.STATE_HEADER: queries.state_header(body)})

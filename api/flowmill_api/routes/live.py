@@ -68,7 +68,8 @@ async def _subscribed(state: AppState) -> None:
 def _sse(event: dict[str, Any] | None) -> bytes:
     if event is None:
         return b": keep-alive\n\n"
-    return b"id: %s\nevent: update\ndata: %s\n\n" % (event["id"].encode(), orjson.dumps(event))
+    kind = event.pop("event", "update").encode()
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event["id"].encode(), kind, orjson.dumps(event))
 
 
 @router.get(
@@ -78,7 +79,8 @@ def _sse(event: dict[str, Any] | None) -> bytes:
     responses={
         200: {
             "description": "An event stream: `ready`, then `update` events whose data is a "
-            "LiveEvent (see the schema); comments as keep-alives.",
+            "LiveEvent (see the schema), a `final` event (same data) when a window becomes "
+            "final; comments as keep-alives.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **{k: v for k, v in ERRORS.items() if k in (404, 503)},
@@ -204,7 +206,10 @@ async def _send(
         for event in backlog:
             await ws.send_text(_ws({"type": "update", **event}))
         async for live_event in stream.events(sub, catch_up=False):
-            message = {"type": "ping"} if live_event is None else {"type": "update", **live_event}
+            if live_event is None:
+                message: dict[str, Any] = {"type": "ping"}
+            else:
+                message = {"type": live_event.pop("event", "update"), **live_event}
             await ws.send_text(_ws(message))
 
 

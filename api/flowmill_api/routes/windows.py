@@ -1,5 +1,7 @@
 """Window tables: a key's current window, its latest N, a time range, one window, the
-table's windows, its keys, and the top keys of a window by an aggregate.
+table's windows, its keys, and the top keys of a window by an aggregate; session tables:
+the same per key, and the table's recent and top sessions. `final=` filters on whether
+the watermark has passed a window's end + allowedLateness.
 
 StreamPulse's `/metrics/region/{id}?window=1m` is
 `/pipelines/{p}/tables/{t}/keys/{id}/windows/current` here (docs/api.md maps the seeds).
@@ -7,153 +9,149 @@ StreamPulse's `/metrics/region/{id}?window=1m` is
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from functools import partial
+
+from fastapi import APIRouter
 
 from flowmill_api import queries
-from flowmill_api.models import KeyPage, TableWindowList, TopKeys, Window, WindowList
+from flowmill_api.models import (
+    KeyPage,
+    SessionList,
+    TableWindowList,
+    TopKeys,
+    TopSessions,
+    Window,
+    WindowList,
+)
 from flowmill_api.params import (
     DEFAULT_COUNT,
-    DEFAULT_LIMIT,
     DEFAULT_ORDER,
     By,
     From,
     KeyCount,
-    Limit,
-    Offset,
     Order,
+    Since,
     To,
     WindowCount,
     WindowStart,
 )
-from flowmill_api.responses import JsonResponse
-from flowmill_api.routes.common import ERRORS, KeyName, PipelineName, TableName
-from flowmill_api.state import app_state
+from flowmill_api.routes.common import ERRORS
+from flowmill_api.routes.table_routes import FINAL, KEY, LIMIT, OFFSET, param, table_route
 
 router = APIRouter(tags=["windows"], responses=ERRORS)
 
-BASE = "/pipelines/{pipeline}/tables/{table}"
+START = param("start", WindowStart)
+WINDOWS = param("n", WindowCount, DEFAULT_COUNT)
+RANGE = (param("from_", From, None), param("to", To, None), LIMIT, FINAL)
+BY = param("by", By, None)
+ORDER = param("order", Order, DEFAULT_ORDER)
+RANK = (BY, param("n", KeyCount, DEFAULT_COUNT), ORDER)
+"""The aggregate to rank a window's keys by, how many and which way."""
 
-
-@router.get(
-    f"{BASE}/keys",
-    response_model=KeyPage,
-    summary="The table's keys, most recently active first",
+# In this order: FastAPI tries the routes in turn, so the literal segments (`current`,
+# `latest`) must come before `{start}` would take them.
+table_route(
+    router,
+    "/keys",
+    "list_keys",
+    KeyPage,
+    "The table's keys, most recently active first",
+    queries.list_keys,
+    OFFSET,
+    LIMIT,
 )
-async def list_keys(
-    request: Request,
-    pipeline: PipelineName,
-    table: TableName,
-    offset: Offset = 0,
-    limit: Limit = DEFAULT_LIMIT,
-) -> JsonResponse:
-    body = await queries.list_keys(app_state(request), pipeline, table, offset, limit)
-    return JsonResponse(body)
-
-
-@router.get(
-    f"{BASE}/keys/{{key}}/windows/current",
-    response_model=Window,
-    summary="A key's current (newest) window",
+table_route(
+    router,
+    "/keys/{key}/windows/current",
+    "current_window",
+    Window,
+    "A key's current (newest) window; a session table's: its newest session "
+    "(`final: false` while it is open)",
+    queries.current_window,
+    KEY,
+    FINAL,
 )
-async def current_window(
-    request: Request, pipeline: PipelineName, table: TableName, key: KeyName
-) -> JsonResponse:
-    return JsonResponse(await queries.current_window(app_state(request), pipeline, table, key))
-
-
-@router.get(
-    f"{BASE}/keys/{{key}}/windows/latest",
-    response_model=WindowList,
-    summary="A key's latest N windows, oldest first",
+table_route(
+    router,
+    "/keys/{key}/windows/latest",
+    "latest_windows",
+    WindowList,
+    "A key's latest N windows, oldest first",
+    queries.latest_windows,
+    KEY,
+    WINDOWS,
+    FINAL,
 )
-async def latest_windows(
-    request: Request,
-    pipeline: PipelineName,
-    table: TableName,
-    key: KeyName,
-    n: WindowCount = DEFAULT_COUNT,
-) -> JsonResponse:
-    body = await queries.latest_windows(app_state(request), pipeline, table, key, n)
-    return JsonResponse(body)
-
-
-@router.get(
-    f"{BASE}/keys/{{key}}/windows",
-    response_model=WindowList,
-    summary="A key's windows starting in a time range, oldest first",
+table_route(
+    router,
+    "/keys/{key}/windows",
+    "window_range",
+    WindowList,
+    "A key's windows starting in a time range, oldest first",
+    queries.window_range,
+    KEY,
+    *RANGE,
 )
-async def window_range(
-    request: Request,
-    pipeline: PipelineName,
-    table: TableName,
-    key: KeyName,
-    from_: From = None,
-    to: To = None,
-    limit: Limit = DEFAULT_LIMIT,
-) -> JsonResponse:
-    state = app_state(request)
-    return JsonResponse(await queries.window_range(state, pipeline, table, key, from_, to, limit))
-
-
-@router.get(
-    f"{BASE}/keys/{{key}}/windows/{{start}}",
-    response_model=Window,
-    summary="One window of a key, by its start",
+table_route(
+    router,
+    "/keys/{key}/windows/{start}",
+    "one_window",
+    Window,
+    "One window of a key, by its start",
+    queries.one_window,
+    KEY,
+    START,
 )
-async def one_window(
-    request: Request, pipeline: PipelineName, table: TableName, key: KeyName, start: WindowStart
-) -> JsonResponse:
-    body = await queries.one_window(app_state(request), pipeline, table, key, start)
-    return JsonResponse(body)
-
-
-@router.get(
-    f"{BASE}/windows",
-    response_model=TableWindowList,
-    summary="The table's windows (any key), newest first",
+table_route(
+    router,
+    "/windows",
+    "table_windows",
+    TableWindowList,
+    "The table's windows (any key), newest first",
+    queries.table_windows,
+    *RANGE,
 )
-async def table_windows(
-    request: Request,
-    pipeline: PipelineName,
-    table: TableName,
-    from_: From = None,
-    to: To = None,
-    limit: Limit = DEFAULT_LIMIT,
-) -> JsonResponse:
-    body = await queries.table_windows(app_state(request), pipeline, table, from_, to, limit)
-    return JsonResponse(body)
-
-
-@router.get(
-    f"{BASE}/windows/current/top",
-    response_model=TopKeys,
-    summary="Top keys of the table's newest window by an aggregate",
+table_route(
+    router,
+    "/windows/current/top",
+    "current_top",
+    TopKeys,
+    "Top keys of the table's newest window by an aggregate",
+    partial(queries.top_keys, start=None),
+    *RANK,
+    FINAL,
 )
-async def current_top(
-    request: Request,
-    pipeline: PipelineName,
-    table: TableName,
-    by: By = None,
-    n: KeyCount = DEFAULT_COUNT,
-    order: Order = DEFAULT_ORDER,
-) -> JsonResponse:
-    state = app_state(request)
-    return JsonResponse(await queries.top_keys(state, pipeline, table, None, by, n, order))
-
-
-@router.get(
-    f"{BASE}/windows/{{start}}/top",
-    response_model=TopKeys,
-    summary="Top keys of one window by an aggregate",
+table_route(
+    router,
+    "/windows/{start}/top",
+    "window_top",
+    TopKeys,
+    "Top keys of one window by an aggregate",
+    queries.top_keys,
+    START,
+    *RANK,
+    FINAL,
 )
-async def window_top(
-    request: Request,
-    pipeline: PipelineName,
-    table: TableName,
-    start: WindowStart,
-    by: By = None,
-    n: KeyCount = DEFAULT_COUNT,
-    order: Order = DEFAULT_ORDER,
-) -> JsonResponse:
-    state = app_state(request)
-    return JsonResponse(await queries.top_keys(state, pipeline, table, start, by, n, order))
+table_route(
+    router,
+    "/sessions/recent",
+    "recent_sessions",
+    SessionList,
+    "A session table's most recently ended sessions, any key",
+    queries.recent_sessions,
+    WINDOWS,
+    FINAL,
+)
+table_route(
+    router,
+    "/sessions/top",
+    "top_sessions",
+    TopSessions,
+    "Top sessions of any key by an aggregate (`final=true`: recently closed ones)",
+    queries.top_sessions,
+    BY,
+    WINDOWS,
+    ORDER,
+    param("since", Since, None),
+    FINAL,
+)

@@ -10,10 +10,14 @@ committed files are what this writes):
 - a ConfigMap `<pipeline>-data` holding the example's data folder, mounted read-only at
   the folder's path under the image's working directory, so the relative paths in the
   spec resolve unchanged;
+- for a Faust step, the modules (`*.py`) of its code folder (`faust.code.path`) as the
+  ConfigMap its `faust.code.configMap` names, which the operator mounts for the worker;
 - for Citi Bike, the local GBFS feed as a Deployment and Service (`flowmill gbfs-feed`)
   in the same namespace, and the httpPoll URLs pointing at it;
 - nothing for Kafka and Redis: spec.kafka and spec.redis stay empty, so the operator's
-  platform defaults (the chart's kafka.* and redis.* values) fill them in.
+  platform defaults (the chart's kafka.* and redis.* values) fill them in;
+- citibike-s3: Citi Bike again, its Parquet lake in an S3 bucket instead of a pod's
+  emptyDir, with credentials from a Secret the operator mounts (docs/lake.md).
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from flowmill.spec import WORKING_DIR
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent
-VARIANTS = ("streampulse", "trips", "streamlytics", "citibike")
+VARIANTS = ("streampulse", "trips", "streamlytics", "citibike", "trip-fraud", "citibike-s3")
+S3_LAKE_VARIANTS = {"citibike-s3": "citibike"}
+"""Variants whose Parquet lake is an S3 bucket: variant -> the example it is made from."""
+LAKE_REGION = "us-east-1"
 IMAGE = "flowmill:latest"
 """Image of the GBFS feed Deployment: replace it with the flowmill image your operator
 runs (`kubectl set image` or sed), as the chart's image.* values name it."""
@@ -52,8 +59,13 @@ CONTAINER_SECURITY = {
 MAX_CONFIG_MAP_BYTES = 1_000_000  # the apiserver's limit is 1 MiB per object
 
 
-def data_config_map(name: str, folder: Path) -> dict[str, Any]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def data_config_map(name: str, folder: Path, suffix: str = "") -> dict[str, Any]:
+    """The files of `folder` (those ending in `suffix`) as a ConfigMap."""
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.endswith(suffix)
+    )
     data = {p.name: p.read_text() for p in files}
     size = sum(len(v.encode()) for v in data.values())
     if size > MAX_CONFIG_MAP_BYTES:
@@ -134,9 +146,38 @@ def gbfs_feed(folder: Path) -> list[dict[str, Any]]:
     return [feed, deployment, service]
 
 
+def lake_secret(pipeline: str) -> str:
+    """The Secret holding an S3 lake's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."""
+    return f"{pipeline}-lake-s3"
+
+
+def lake_on_s3(pipeline: dict[str, Any]) -> None:
+    """Every local Parquet lake of the Pipeline moved to the bucket `{pipeline}-lake`, under
+    the name of the topic it lands as the key prefix. No endpoint: AWS S3 (docs/lake.md says how to
+    point it at another S3-compatible store). The Secret is not in the file: credentials
+    are never committed."""
+    name = pipeline["metadata"]["name"]
+    for step in pipeline["spec"].get("steps", []):
+        parquet = (step.get("sink") or {}).get("parquet")
+        if parquet is None or "path" not in parquet:
+            continue
+        del parquet["path"]
+        s3 = {
+            "bucket": f"{name}-lake",
+            "prefix": step["from"],
+            "region": LAKE_REGION,
+            "credentialsSecret": lake_secret(name),
+        }
+        step["sink"]["parquet"] = {"s3": s3, **parquet}
+
+
 def variant(name: str) -> list[dict[str, Any]]:
-    pipeline = copy.deepcopy(yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text()))
+    base = S3_LAKE_VARIANTS.get(name, name)
+    pipeline = copy.deepcopy(yaml.safe_load((EXAMPLES / f"{base}.yaml").read_text()))
+    if name in S3_LAKE_VARIANTS:
+        lake_on_s3(pipeline)
     spec = pipeline["spec"]
+    name = base  # the data folder and the example's docs are the base example's
     extra: list[dict[str, Any]] = []
     folder = f"data/{name}"
     if any("fileReplay" in s for s in spec["sources"]):
@@ -149,6 +190,12 @@ def variant(name: str) -> list[dict[str, Any]]:
             if posixpath.dirname(replay["path"]) != folder:
                 raise SystemExit(f"{name}: {replay['path']} is not in {folder}/")
             mount_data(source, config_map, folder)
+    for step in spec.get("steps", []):
+        code = (step.get("faust") or {}).get("code") or {}
+        if "configMap" in code and "path" in code:
+            # The modules only: the folder's pyproject.toml and Dockerfile build the image
+            # that ships the same code instead (docs/faust.md).
+            extra.append(data_config_map(code["configMap"], EXAMPLES / code["path"], ".py"))
     annotations = pipeline["metadata"].get("annotations") or {}
     if annotations.pop(LOCAL_GBFS_ANNOTATION, None) is not None:
         extra += gbfs_feed(EXAMPLES / folder)
@@ -163,15 +210,34 @@ def variant(name: str) -> list[dict[str, Any]]:
 
 
 def header(name: str) -> str:
-    return (
+    base = S3_LAKE_VARIANTS.get(name, name)
+    text = (
         f"# {name} on a cluster: generated by k8s/examples/cluster/generate.py from\n"
-        f"# k8s/examples/{name}.yaml and its data folder; edit those and regenerate.\n"
+        f"# k8s/examples/{base}.yaml and its data folder; edit those and regenerate.\n"
         "#\n"
+    )
+    if name in S3_LAKE_VARIANTS:
+        secret = lake_secret(
+            yaml.safe_load((EXAMPLES / f"{base}.yaml").read_text())["metadata"]["name"]
+        )
+        text += (
+            f"# The same Pipeline as {base}.yaml (apply one of the two), its Parquet lake in an\n"
+            "# S3 bucket. The bucket's credentials come from a Secret you create first; they\n"
+            "# reach the lake worker as environment, never the Pipeline or its ConfigMap:\n"
+            "#\n"
+            f"#   kubectl create secret generic {secret} -n <namespace> \\\n"
+            "#     --from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...\n"
+            "#\n"
+            "# For an S3-compatible store (SeaweedFS, Ceph) add its URL as s3.endpoint. See\n"
+            "# docs/lake.md.\n"
+            "#\n"
+        )
+    return text + (
         f"#   kubectl apply -n <namespace> -f k8s/examples/cluster/{name}.yaml\n"
         "#\n"
         "# spec.kafka and spec.redis are empty: the operator's platform defaults (the\n"
         "# chart's kafka.* and redis.* values) say where Kafka and Redis are. See\n"
-        f"# docs/examples/{name}.md.\n"
+        f"# docs/examples/{base}.md.\n"
     )
 
 

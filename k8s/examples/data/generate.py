@@ -87,29 +87,30 @@ SHOWS = {
 
 
 def streamlytics() -> None:
-    """2,000 watch events of 150 users over a week, in time order, plus 6 invalid ones."""
+    """2,000 watch events of 150 users over a week, in time order, plus 6 invalid ones.
+    About one sitting in twelve is a binge: 3 to 6 episodes of one show back to back,
+    each starting a few minutes after the previous one ended."""
     rng = random.Random(7)
     start = datetime(2025, 6, 1, tzinfo=UTC)
     shows = list(SHOWS)
     weights = [9, 7, 8, 8, 10, 9, 6, 4, 5, 5, 2, 1]
-    rows: list[list[object]] = []
-    seconds = sorted(rng.uniform(0, 7 * 86400) for _ in range(2000))
-    for sec in seconds:
+    timed: list[tuple[float, list[object]]] = []
+    while len(timed) < 2000:
+        sec = rng.uniform(0, 7 * 86400)
+        user = f"u{rng.randint(1, 150):03d}"
         show = rng.choices(shows, weights)[0]
         length = SHOWS[show]
-        if rng.random() < 0.15:  # a binge: several episodes in one sitting
-            watched = round(length * rng.uniform(2.2, 5.0), 1)
-        else:
-            watched = round(length * rng.uniform(0.05, 1.0), 1)
-        rows.append(
-            [
-                f"u{rng.randint(1, 150):03d}",
-                show,
-                length,
-                watched,
-                iso(start + timedelta(seconds=sec)),
-            ]
-        )
+        episodes = rng.randint(3, 6) if length < 100 and rng.random() < 0.08 else 1
+        for _ in range(episodes):
+            if episodes > 1:
+                watched = round(length * rng.uniform(0.8, 1.0), 1)
+            else:
+                watched = round(length * rng.uniform(0.05, 1.0), 1)
+            timed.append((sec, [user, show, length, watched, iso(start + timedelta(seconds=sec))]))
+            # The next episode starts 1 to 12 minutes after this one ended.
+            sec += watched * 60 + rng.uniform(60, 720)
+    timed.sort(key=lambda t: t[0])
+    rows = [r for _, r in timed[:2000]]
     bad = [
         ["u001", "Dark", 53, -12.0, iso(start + timedelta(hours=5))],  # negative duration
         ["u002", "", 53, 30.0, iso(start + timedelta(hours=30))],  # no show
@@ -246,7 +247,92 @@ def citibike() -> None:
     print("citibike region_id map for the manifest:\n{" + region_map + "}[station_id]")
 
 
+def trip_fraud() -> None:
+    """Ride-hailing trip requests of 40 riders over two hours, for the Faust rules of the
+    trip-fraud example: most riders take a trip every 15-40 minutes near their last
+    dropoff; 8 riders also book bursts of 4-5 trips within 8 minutes, 6 riders' accounts
+    are used about 300 km apart within minutes (an impossible speed). 4 records are
+    invalid (dead-lettered by the schema)."""
+    rng = random.Random(13)
+    start = datetime(2025, 9, 1, 8, 0, tzinfo=UTC)
+    rows: list[tuple[float, dict[str, object]]] = []
+    riders = [f"rider_{n:03d}" for n in range(40)]
+    bursty, teleporting = set(riders[3:11]), set(riders[20:26])
+    count = 0
+
+    def trip(rider: str, at: float, lat: float, lon: float) -> None:
+        nonlocal count
+        event = {
+            "trip_id": f"t{count:05d}",
+            "rider_id": rider,
+            "requested_at": iso(start + timedelta(seconds=at)),
+            "lat": round(lat, 5),
+            "lon": round(lon, 5),
+            "fare": round(rng.uniform(6, 45), 2),
+        }
+        count += 1
+        rows.append((at, event))
+
+    for rider in riders:
+        lat, lon = 40.70 + rng.uniform(-0.08, 0.08), -73.95 + rng.uniform(-0.08, 0.08)
+        at = rng.uniform(0, 900)
+        burst_at = rng.uniform(1800, 5400) if rider in bursty else None
+        jump_at = rng.uniform(2400, 6000) if rider in teleporting else None
+        while at < 7200:
+            trip(rider, at, lat, lon)
+            if burst_at is not None and at >= burst_at:
+                for _ in range(rng.randint(3, 4)):
+                    at += rng.uniform(30, 150)
+                    trip(rider, at, lat + rng.uniform(-0.01, 0.01), lon + rng.uniform(-0.01, 0.01))
+                burst_at = None
+            if jump_at is not None and at >= jump_at:
+                # Boston, minutes after a New York pickup.
+                at += rng.uniform(120, 600)
+                trip(rider, at, 42.36 + rng.uniform(-0.02, 0.02), -71.06 + rng.uniform(-0.02, 0.02))
+                jump_at = None
+            at += rng.uniform(900, 2400)
+            lat += rng.uniform(-0.03, 0.03)
+            lon += rng.uniform(-0.03, 0.03)
+    rows.sort(key=lambda row: row[0])
+    events = [event for _, event in rows]
+    bad: list[dict[str, object]] = [
+        {"trip_id": "bad_0", "requested_at": iso(start), "lat": 40.7, "lon": -73.9, "fare": 9.0},
+        {
+            "trip_id": "bad_1",
+            "rider_id": "rider_000",
+            "requested_at": iso(start),
+            "lat": 140.0,
+            "lon": -73.9,
+            "fare": 9.0,
+        },
+        {
+            "trip_id": "bad_2",
+            "rider_id": "rider_001",
+            "requested_at": "yesterday",
+            "lat": 40.7,
+            "lon": -73.9,
+            "fare": 9.0,
+        },
+        {
+            "trip_id": "bad_3",
+            "rider_id": "rider_002",
+            "requested_at": iso(start),
+            "lat": 40.7,
+            "lon": -73.9,
+            "fare": -3.0,
+        },
+    ]
+    for n, record in enumerate(bad):
+        events.insert(100 + 150 * n, record)
+    folder = HERE / "trip-fraud"
+    folder.mkdir(exist_ok=True)
+    with (folder / "trips.jsonl").open("w") as handle:
+        for event in events:
+            handle.write(json.dumps(event, separators=(",", ":")) + "\n")
+
+
 if __name__ == "__main__":
+    trip_fraud()
     streampulse()
     streamlytics()
     trips()

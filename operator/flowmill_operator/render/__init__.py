@@ -22,6 +22,7 @@ from flowmill_operator.render.autoscaling import api_hpa, step_autoscaler
 from flowmill_operator.render.config import config_map, spec_hash
 from flowmill_operator.render.context import Manifest, RenderContext, RenderError, preflight
 from flowmill_operator.render.extras import pod_disruption_budget, pod_monitor, wants_pdbs
+from flowmill_operator.render.replay import check_replay, replay_job
 from flowmill_operator.render.scaling import StepScale, step_scale
 from flowmill_operator.render.topics import kafka_topics
 from flowmill_operator.render.workloads import (
@@ -38,7 +39,8 @@ __all__ = ["Manifest", "RenderError", "Rendered", "StepScale", "render", "to_yam
 @dataclass(frozen=True)
 class Rendered:
     manifests: list[Manifest]
-    """In apply order: config, topics, workloads, Service, autoscalers, extras."""
+    """In apply order: config, topics, workloads (a replay's reset Job after the step
+    Deployments), Service, autoscalers, extras."""
     scales: dict[str, StepScale]
     """Per step: replicas and the (capped) autoscaling ceiling, for status."""
     spec_hash: str
@@ -58,24 +60,36 @@ def render(
     *,
     namespace: str | None = None,
     uid: str | None = None,
+    replayed: str | None = None,
 ) -> Rendered:
     """Every child of `pipeline`. Raises RenderError (naming fields) when the Pipeline
-    cannot run in a cluster; then nothing is rendered at all."""
+    cannot run in a cluster; then nothing is rendered at all. `replayed`: the id of the
+    replay request the operator has finished (status.replay), so spec.replay with that
+    id renders as if it were not there."""
     preflight(pipeline, settings)
     namespace = namespace or pipeline.metadata.namespace or "default"
-    ctx = RenderContext(pipeline, namespace, settings, uid, spec_hash(pipeline, namespace))
     spec = pipeline.spec
+    replay = spec.replay
+    replaying = replay.step if replay is not None and replay.id != replayed else None
+    ctx = RenderContext(
+        pipeline, namespace, settings, uid, spec_hash(pipeline, namespace), replaying
+    )
+    check_replay(ctx)
     scales = {step.name: step_scale(ctx, step) for step in spec.steps}
 
     out: list[Manifest] = [config_map(ctx), *kafka_topics(ctx)]
     out += [source_deployment(ctx, source) for source in spec.sources]
-    out += [step_deployment(ctx, step, scales[step.name]) for step in spec.steps]
+    steps = [step_deployment(ctx, step, scales[step.name]) for step in spec.steps]
+    out += steps
+    if replaying is not None:
+        index = [s.name for s in spec.steps].index(replaying)
+        # After the Deployments: applied with the step's scale-down, and its pod waits
+        # for the step's last worker to leave (render/replay.py).
+        out.append(replay_job(ctx, spec.steps[index], steps[index]))
     if spec.api.enabled:
         out += [api_deployment(ctx), api_service(ctx)]
     for step in spec.steps:
-        autoscaler = step_autoscaler(ctx, step, scales[step.name])
-        if autoscaler is not None:
-            out.append(autoscaler)
+        out += step_autoscaler(ctx, step, scales[step.name])
     if spec.api.enabled and (hpa := api_hpa(ctx)) is not None:
         out.append(hpa)
     if wants_pdbs(ctx):

@@ -19,8 +19,16 @@ and minReplicas bound it.
 from __future__ import annotations
 
 from flowmill.spec import StepAutoscaling, StepSpec, consumer_group
+from flowmill.spec.launch import (
+    ENV_KAFKA_CA_FILE,
+    ENV_KAFKA_CERT_FILE,
+    ENV_KAFKA_KEY_FILE,
+    ENV_KAFKA_SASL_USERNAME,
+)
+from flowmill.spec.pipeline import SASL_PROTOCOLS, TLS_PROTOCOLS
 from flowmill_operator import naming
 from flowmill_operator.render.context import Manifest, RenderContext
+from flowmill_operator.render.kafka_security import PodKafkaSecurity
 from flowmill_operator.render.scaling import StepScale
 
 CATCH_UP_METRIC = "flowmill_step_catchup_seconds"
@@ -43,6 +51,15 @@ API_BEHAVIOR: Manifest = {
     "scaleDown": {"stabilizationWindowSeconds": 300},
 }
 KEDA_API_VERSION = "keda.sh/v1alpha1"
+KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+"""spec.kafka.security.sasl.mechanism as KEDA's kafka scaler names it (its `sasl`)."""
+KEDA_TLS_PARAMETERS = {
+    ENV_KAFKA_CA_FILE: "ca",
+    ENV_KAFKA_CERT_FILE: "cert",
+    ENV_KAFKA_KEY_FILE: "key",
+}
+"""The worker's TLS files as the kafka scaler's authentication parameters: it takes the
+PEM text itself, so each comes from the same Secret key the worker's file is mounted from."""
 
 
 def step_behavior(auto: StepAutoscaling) -> Manifest:
@@ -56,12 +73,15 @@ def step_behavior(auto: StepAutoscaling) -> Manifest:
     }
 
 
-def step_autoscaler(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Manifest | None:
+def step_autoscaler(ctx: RenderContext, step: StepSpec, scale: StepScale) -> list[Manifest]:
+    """The step's HPA, or its ScaledObject (after the TriggerAuthentication it names when
+    Kafka is secured); nothing for a fixed replica count."""
     if scale.autoscaler == "hpa":
-        return _step_hpa(ctx, step, scale)
+        return [_step_hpa(ctx, step, scale)]
     if scale.autoscaler == "keda":
-        return _scaled_object(ctx, step, scale)
-    return None
+        auth = _trigger_authentication(ctx, step)
+        return [*([auth] if auth else []), _scaled_object(ctx, step, scale, auth)]
+    return []
 
 
 def _target(name: str) -> Manifest:
@@ -100,14 +120,74 @@ def _step_hpa(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Manifest:
     }
 
 
-def _scaled_object(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Manifest:
+def _keda_security(pod: PodKafkaSecurity | None) -> Manifest:
+    """The kafka trigger's metadata for spec.kafka.security: `tls` and `sasl` say which,
+    never with what (that is the TriggerAuthentication's)."""
+    if pod is None:
+        return {}
+    out: Manifest = {}
+    if pod.protocol in TLS_PROTOCOLS:
+        out["tls"] = "enable"
+    if pod.protocol in SASL_PROTOCOLS and pod.mechanism:
+        out["sasl"] = KEDA_SASL[pod.mechanism]
+    return out
+
+
+def _trigger_authentication(ctx: RenderContext, step: StepSpec) -> Manifest | None:
+    """KEDA's kafka scaler connects to Kafka itself, so it needs the workers' credentials:
+    a TriggerAuthentication naming the same Secret keys the step's pods get (secretTargetRef;
+    KEDA reads them, the ScaledObject holds no credential). A literal user name (spec's
+    sasl.username, a Strimzi KafkaUser's name) is in no Secret: KEDA takes it from the
+    worker container's own variable (env). None for PLAINTEXT."""
+    pod = ctx.kafka_security
+    if pod is None:
+        return None
+    refs: list[Manifest] = []
+    env: list[Manifest] = []
+
+    def ref(parameter: str, name: str, key: str) -> None:
+        refs.append({"parameter": parameter, "name": name, "key": key})
+
+    if pod.username_ref is not None:
+        ref("username", pod.username_ref.name, pod.username_ref.key)
+    elif pod.username:
+        env.append(
+            {
+                "parameter": "username",
+                "name": ENV_KAFKA_SASL_USERNAME,
+                "containerName": naming.WORKER_CONTAINER,
+            }
+        )
+    if pod.password_ref is not None:
+        ref("password", pod.password_ref.name, pod.password_ref.key)
+    for variable, secret in pod.files.items():
+        ref(KEDA_TLS_PARAMETERS[variable], secret.name, secret.key)
+    spec: Manifest = {}
+    if refs:
+        spec["secretTargetRef"] = refs
+    if env:
+        spec["env"] = env
+    if not spec:
+        return None  # TLS with the system's CAs and no client certificate: nothing to pass
+    name = naming.step_deployment(ctx.name, step.name)
+    return {
+        "apiVersion": KEDA_API_VERSION,
+        "kind": "TriggerAuthentication",
+        "metadata": ctx.metadata(name, "step", step.name),
+        "spec": spec,
+    }
+
+
+def _scaled_object(
+    ctx: RenderContext, step: StepSpec, scale: StepScale, auth: Manifest | None
+) -> Manifest:
     """KEDA reads the consumer group's lag from Kafka itself (no Prometheus needed) and
     can scale a step to zero: its default activationLagThreshold (0) wakes the step as
     soon as one message waits."""
     auto = step.autoscaling
     assert auto is not None
     name = naming.step_deployment(ctx.name, step.name)
-    triggers = [
+    triggers: list[Manifest] = [
         {
             "type": "kafka",
             "metadata": {
@@ -118,7 +198,9 @@ def _scaled_object(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Mani
                 "offsetResetPolicy": "earliest",
                 # Partitions cap the replicas already; idle consumers would only wait.
                 "allowIdleConsumers": "false",
+                **_keda_security(ctx.kafka_security),
             },
+            **({"authenticationRef": {"name": auth["metadata"]["name"]}} if auth else {}),
         }
         for topic in step.input_topics()
     ]

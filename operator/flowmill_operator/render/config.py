@@ -27,7 +27,7 @@ def normalized_document(pipeline: Pipeline, namespace: str) -> dict[str, Any]:
 def spec_hash(pipeline: Pipeline, namespace: str) -> str:
     """Hash of what the processes compute, as a pod-template annotation.
 
-    Scaling fields (replicas, autoscaling) are left out: they change the Deployment or its
+    Scaling fields (replicas, autoscaling, paused) are left out: they change the Deployment or its
     autoscaler, and restarting every worker for them would only cause a rebalance.
     """
     document = normalized_document(pipeline, namespace)
@@ -37,6 +37,10 @@ def spec_hash(pipeline: Pipeline, namespace: str) -> str:
         step.pop("autoscaling", None)
     spec.get("api", {}).pop("replicas", None)
     spec.get("api", {}).pop("autoscaling", None)
+    # Pausing scales to zero; resuming must bring back the same pods, not a rollout.
+    spec.pop("paused", None)
+    # A replay request scales one step and runs a Job; the step's pods stay the same.
+    spec.pop("replay", None)
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

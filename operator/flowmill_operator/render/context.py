@@ -8,8 +8,10 @@ from typing import Any
 
 from flowmill.manifest import FieldError
 from flowmill.spec import ENV_REDIS_URL, Pipeline, strimzi_bootstrap_servers
+from flowmill.spec.launch import ENV_REDIS_PASSWORD, REDIS_TLS_FILES, REDIS_TLS_MOUNT
 from flowmill.spec.pipeline import TopicManagement
 from flowmill_operator import naming
+from flowmill_operator.render.kafka_security import PodKafkaSecurity, resolve
 from flowmill_operator.settings import RenderSettings
 
 Manifest = dict[str, Any]
@@ -70,6 +72,9 @@ class RenderContext:
     uid: str | None
     """The Pipeline's uid in the cluster; None when rendering a file (no owner refs)."""
     spec_hash: str
+    replaying: str | None = None
+    """The step spec.replay holds at zero while its reset Job runs; None when there is no
+    request or the operator has finished it (status.replay)."""
 
     @property
     def name(self) -> str:
@@ -108,20 +113,71 @@ class RenderContext:
             meta["ownerReferences"] = [naming.owner_reference(self.name, self.uid)]
         return meta
 
+    @property
+    def kafka_security(self) -> PodKafkaSecurity | None:
+        """spec.kafka.security as pod env and files (None: PLAINTEXT)."""
+        return resolve(self.pipeline, self.kafka.cluster)[0]
+
     def bootstrap_servers(self) -> str:
         servers = self.kafka.bootstrap_servers
         assert servers is not None  # checked by preflight()
         return servers
 
     def redis_env(self) -> list[Manifest]:
-        """The Redis URL variable as a value, from the Secret the spec names, or the
-        operator's default Redis."""
+        """The Redis variables: the URL (a password-less value, or a Secret's), the
+        password from its Secret, the paths of the TLS files in redis_tls_volume. A
+        credential is always a secretKeyRef, never a value."""
         redis = self.pipeline.spec.redis
+        settings = self.settings
+        env: list[Manifest] = []
         if redis.secret_ref is not None:
-            ref = {"name": redis.secret_ref.name, "key": redis.secret_ref.key}
-            return [{"name": ENV_REDIS_URL, "valueFrom": {"secretKeyRef": ref}}]
-        url = redis.url or self.settings.default_redis_url
-        return [{"name": ENV_REDIS_URL, "value": url}] if url else []
+            env.append(_secret_env(ENV_REDIS_URL, redis.secret_ref.name, redis.secret_ref.key))
+        elif redis.url:
+            env.append({"name": ENV_REDIS_URL, "value": redis.url})
+        elif settings.default_redis_secret:
+            key = settings.default_redis_secret_key
+            env.append(_secret_env(ENV_REDIS_URL, settings.default_redis_secret, key))
+        elif settings.default_redis_url:
+            env.append({"name": ENV_REDIS_URL, "value": settings.default_redis_url})
+        if redis.password_secret_ref is not None:
+            ref = redis.password_secret_ref
+            env.append(_secret_env(ENV_REDIS_PASSWORD, ref.name, ref.key))
+        for variable, file in self._redis_tls_files():
+            env.append({"name": variable, "value": f"{REDIS_TLS_MOUNT}/{file}"})
+        return env
+
+    def redis_tls_volume(self) -> tuple[list[Manifest], list[Manifest]]:
+        """The volume (and its mount) holding spec.redis.tls's Secret keys as the files
+        REDIS_TLS_FILES names; nothing without tls."""
+        tls = self.pipeline.spec.redis.tls
+        if tls is None or not self._redis_tls_files():
+            return [], []
+        refs = (tls.ca_secret_ref, tls.cert_secret_ref, tls.key_secret_ref)
+        sources = [
+            {"secret": {"name": ref.name, "items": [{"key": ref.key, "path": file}]}}
+            for ref, file in zip(refs, REDIS_TLS_FILES.values(), strict=True)
+            if ref is not None
+        ]
+        # Projected: the three keys may live in different Secrets. 0440: readable by the
+        # pod's group (its fsGroup) only, as befits a private key.
+        volume = {"name": "redis-tls", "projected": {"sources": sources, "defaultMode": 0o440}}
+        mount = {"name": "redis-tls", "mountPath": REDIS_TLS_MOUNT, "readOnly": True}
+        return [volume], [mount]
+
+    def _redis_tls_files(self) -> list[tuple[str, str]]:
+        tls = self.pipeline.spec.redis.tls
+        if tls is None:
+            return []
+        refs = (tls.ca_secret_ref, tls.cert_secret_ref, tls.key_secret_ref)
+        return [
+            (variable, file)
+            for ref, (variable, file) in zip(refs, REDIS_TLS_FILES.items(), strict=True)
+            if ref is not None
+        ]
+
+
+def _secret_env(variable: str, secret: str, key: str) -> Manifest:
+    return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
 def preflight(pipeline: Pipeline, settings: RenderSettings) -> None:
@@ -139,6 +195,7 @@ def preflight(pipeline: Pipeline, settings: RenderSettings) -> None:
             )
         )
     target = kafka_target(pipeline, "default", settings)
+    errors += resolve(pipeline, target.cluster)[1]
     if target.topic_management == "strimzi" and not target.cluster:
         errors.append(
             FieldError(
@@ -147,7 +204,12 @@ def preflight(pipeline: Pipeline, settings: RenderSettings) -> None:
                 "topicManagement: admin to create them through the Kafka admin API)",
             )
         )
-    has_redis = bool(spec.redis.url or spec.redis.secret_ref or settings.default_redis_url)
+    has_redis = bool(
+        spec.redis.url
+        or spec.redis.secret_ref
+        or settings.default_redis_url
+        or settings.default_redis_secret
+    )
     for i, step in enumerate(spec.steps):
         if step.sink and step.sink.redis and not has_redis:
             errors.append(

@@ -29,8 +29,18 @@ def pipeline_autoscaler(ctx: RenderContext) -> str | None:
     return value if value in ("hpa", "keda") else None
 
 
+PAUSED_MESSAGE = "paused (spec.paused): scaled to zero"
+REPLAYING_MESSAGE = "replaying (spec.replay): scaled to zero while its reset Job runs"
+
+
 def step_scale(ctx: RenderContext, step: StepSpec) -> StepScale:
     partitions = ctx.pipeline.spec.topic(step.from_).partitions
+    if ctx.pipeline.spec.paused:
+        # No autoscaler either: an HPA's floor would scale the Deployment back up.
+        return StepScale(step.name, partitions, None, 0, 0, PAUSED_MESSAGE)
+    if ctx.replaying == step.name:
+        # As paused: nothing of the step may run while its positions are reset.
+        return StepScale(step.name, partitions, None, 0, 0, REPLAYING_MESSAGE)
     auto = step.autoscaling
     if auto is None:
         replicas = min(step.replicas, partitions)

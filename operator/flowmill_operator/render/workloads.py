@@ -12,6 +12,7 @@ from flowmill.spec import (
     API_PORT,
     ENV_API_KEYS_DIR,
     ENV_BOOTSTRAP_SERVERS,
+    FAUST_CODE_MOUNT,
     POD_LISTEN_ADDRESS,
     WORKER_METRICS_PORT,
     WORKING_DIR,
@@ -20,9 +21,16 @@ from flowmill.spec import (
     api_args,
     worker_args,
 )
+from flowmill.spec.launch import (
+    ENV_API_PROMETHEUS_URL,
+    TERMINATION_GRACE_PERIOD_S,
+    http_header_env,
+    termination_grace_period,
+)
 from flowmill.spec.pipeline import ApiSpec
 from flowmill_operator import naming
 from flowmill_operator.render.context import Manifest, RenderContext
+from flowmill_operator.render.kafka_security import kafka_security_env, kafka_tls_volume
 from flowmill_operator.render.pod_template import TemplateSource, apply_template
 from flowmill_operator.render.scaling import StepScale
 
@@ -52,11 +60,12 @@ CONTAINER_SECURITY_CONTEXT: Manifest = {
 def source_deployment(ctx: RenderContext, source: SourceSpec) -> Manifest:
     container = _container(
         ctx,
-        "worker",
+        naming.WORKER_CONTAINER,
         worker_args(naming.PIPELINE_FILE, "source", source.name),
         port_name="metrics",
         port=WORKER_METRICS_PORT,
-        env=_kafka_env(ctx),
+        env=_kafka_env(ctx) + kafka_security_env(ctx) + _http_header_env(source),
+        mounts=kafka_tls_volume(ctx)[1],
     )
     # One poller or replayer per source: a second one would ingest every event twice, and
     # Recreate keeps a rollout from briefly running two.
@@ -66,8 +75,9 @@ def source_deployment(ctx: RenderContext, source: SourceSpec) -> Manifest:
         "source",
         source.name,
         container,
-        replicas=1,
+        replicas=0 if ctx.pipeline.spec.paused else 1,
         strategy={"type": "Recreate"},
+        volumes=kafka_tls_volume(ctx)[0],
     )
     index = ctx.pipeline.spec.sources.index(source)
     return _with_template(ctx, deployment, source, f"spec.sources[{index}].template")
@@ -75,11 +85,15 @@ def source_deployment(ctx: RenderContext, source: SourceSpec) -> Manifest:
 
 def step_deployment(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Manifest:
     env = _kafka_env(ctx)
-    if step.sink and step.sink.redis:
-        env += ctx.redis_env()
     env_from: list[Manifest] = []
     volumes: list[Manifest] = []
     mounts: list[Manifest] = []
+    if step.sink and step.sink.redis:
+        env += ctx.redis_env()
+        volumes, mounts = ctx.redis_tls_volume()
+    env += kafka_security_env(ctx)
+    kafka_volumes, kafka_mounts = kafka_tls_volume(ctx)
+    volumes, mounts = volumes + kafka_volumes, mounts + kafka_mounts
     parquet = step.sink.parquet if step.sink else None
     if parquet is not None and parquet.s3 is not None and parquet.s3.credentials_secret:
         env_from.append({"secretRef": {"name": parquet.s3.credentials_secret}})
@@ -88,10 +102,17 @@ def step_deployment(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Man
         # emptyDir lives as long as the pod, which is why docs/operator.md says use s3.
         volumes.append({"name": "lake", "emptyDir": {}})
         mounts.append({"name": "lake", "mountPath": posixpath.join(WORKING_DIR, parquet.path)})
+    code = step.faust.code if step.faust else None
+    code_path = None
+    if code is not None and code.config_map:
+        # The agent's code as files on the import path (faust.code); read-only like the spec.
+        volumes.append({"name": "faust-code", "configMap": {"name": code.config_map}})
+        mounts.append({"name": "faust-code", "mountPath": FAUST_CODE_MOUNT, "readOnly": True})
+        code_path = FAUST_CODE_MOUNT
     container = _container(
         ctx,
-        "worker",
-        worker_args(naming.PIPELINE_FILE, "step", step.name),
+        naming.WORKER_CONTAINER,
+        worker_args(naming.PIPELINE_FILE, "step", step.name, code_path=code_path),
         port_name="metrics",
         port=WORKER_METRICS_PORT,
         env=env,
@@ -114,17 +135,33 @@ def step_deployment(ctx: RenderContext, step: StepSpec, scale: StepScale) -> Man
 
 def api_deployment(ctx: RenderContext) -> Manifest:
     api = ctx.pipeline.spec.api
-    volumes: list[Manifest] = []
-    mounts: list[Manifest] = []
-    env = _kafka_env(ctx) + ctx.redis_env()
+    volumes, mounts = ctx.redis_tls_volume()
+    # The health view reads every topic's end offsets and the dead letters: the API
+    # reaches Kafka as the workers do, with their security, credentials as secretKeyRefs.
+    env = _kafka_env(ctx) + kafka_security_env(ctx) + ctx.redis_env()
+    kafka_volumes, kafka_mounts = kafka_tls_volume(ctx)
+    volumes, mounts = volumes + kafka_volumes, mounts + kafka_mounts
+    if ctx.settings.prometheus_url:
+        # ... and the workers' own numbers from the platform's Prometheus.
+        env.append({"name": ENV_API_PROMETHEUS_URL, "value": ctx.settings.prometheus_url})
     if api.api_keys_secret:
         volumes.append({"name": "api-keys", "secret": {"secretName": api.api_keys_secret}})
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
         env.append({"name": ENV_API_KEYS_DIR, "value": API_KEYS_MOUNT})
+    limits = ctx.settings
+    args = api_args(
+        naming.PIPELINE_FILE,
+        port=API_PORT,
+        host=POD_LISTEN_ADDRESS,
+        trusted_proxies=api.trusted_proxies,
+        header_timeout_s=limits.api_header_timeout_seconds,
+        max_connections=limits.api_max_connections,
+        stop_grace_s=limits.api_stop_grace_seconds,
+    )
     container = _container(
         ctx,
         "api",
-        api_args(naming.PIPELINE_FILE, port=API_PORT, host=POD_LISTEN_ADDRESS),
+        args,
         port_name="http",
         port=API_PORT,
         env=env,
@@ -138,6 +175,7 @@ def api_deployment(ctx: RenderContext) -> Manifest:
         container,
         replicas=None if api.autoscaling else api.replicas,
         volumes=volumes,
+        termination_grace_s=termination_grace_period(limits.api_stop_grace_seconds),
     )
     return _with_template(ctx, deployment, api, "spec.api.template")
 
@@ -166,6 +204,20 @@ def api_service(ctx: RenderContext) -> Manifest:
 
 def _kafka_env(ctx: RenderContext) -> list[Manifest]:
     return [{"name": ENV_BOOTSTRAP_SERVERS, "value": ctx.bootstrap_servers()}]
+
+
+def _http_header_env(source: SourceSpec) -> list[Manifest]:
+    """httpPoll.headersFrom: each header's value from its Secret, never in the spec."""
+    poll = source.http_poll
+    if poll is None or not poll.headers_from:
+        return []
+    return [
+        {
+            "name": http_header_env(source.name, header),
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+        }
+        for header, ref in poll.headers_from.items()
+    ]
 
 
 def _container(
@@ -227,6 +279,7 @@ def _deployment(
     replicas: int | None,
     strategy: Manifest | None = None,
     volumes: list[Manifest] | None = None,
+    termination_grace_s: int = TERMINATION_GRACE_PERIOD_S,
 ) -> Manifest:
     port = container["ports"][0]["containerPort"]
     spec: Manifest = {}
@@ -251,7 +304,7 @@ def _deployment(
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "securityContext": POD_SECURITY_CONTEXT,
-            "terminationGracePeriodSeconds": 30,
+            "terminationGracePeriodSeconds": termination_grace_s,
             "containers": [container],
             "volumes": [
                 {"name": "spec", "configMap": {"name": naming.config_map(ctx.name)}},

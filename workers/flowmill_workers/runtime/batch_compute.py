@@ -9,18 +9,25 @@ says where a partition resumes after an assignment or a refused write.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from flowmill.serving import watermark_fields
 from flowmill.spec import Pipeline, StepSpec
 from flowmill_workers.events import BadEvent, Event, decode, encode, key_of
 from flowmill_workers.runtime.dead_letter import DeadLetter
 from flowmill_workers.sinks.redis_tables import PartitionRange
 from flowmill_workers.steps import windows_columnar
 from flowmill_workers.steps.correlate import Correlator
+from flowmill_workers.steps.idleness import Idleness
 from flowmill_workers.steps.latest import LatestTable
+from flowmill_workers.steps.lookup import ReferenceTable
+from flowmill_workers.steps.sessions import SessionAggregator, SessionBatch
 from flowmill_workers.steps.transform import build_stages, run_stages
 from flowmill_workers.steps.windows import WindowAggregator, WindowBatch
+
+_value = attrgetter("value")
 
 Position = tuple[int | None, int | None]
 """Where a partition stands: (next offset or None before its first batch, watermark ms)."""
@@ -36,7 +43,7 @@ class PartitionResult:
     records: list[ConsumerRecord] = field(default_factory=list)
     """The batch's input (kept by reference: a batch that cannot be written is
     dead-lettered whole)."""
-    windows: WindowBatch | None = None
+    windows: WindowBatch | SessionBatch | None = None
     latest: dict[str, tuple[int, str]] = field(default_factory=dict)
     outputs: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
@@ -57,34 +64,64 @@ def _late_reason(watermark: int | None, ts: int | None = None) -> str:
     return f"late event: {at}past its window's end plus allowedLateness (watermark {watermark} ms)"
 
 
+def _late_session_reason(watermark: int | None, ts: int) -> str:
+    return (
+        f"late event: event time {ts} ms is more than allowedLateness behind the "
+        f"watermark ({watermark} ms)"
+    )
+
+
 class BatchCompute:
     """The step's stages, window or latest table and join, applied to one batch."""
 
     def __init__(self, pipeline: Pipeline, step: StepSpec) -> None:
         self.step = step
-        self.stages = build_stages(step)
-        self.windows = WindowAggregator(step) if step.window else None
+        self.lookup = ReferenceTable(pipeline, step) if step.lookup else None
+        self.stages = build_stages(step, self.lookup.enrich if self.lookup else None)
+        session = step.window is not None and step.window.type == "session"
+        self.windows = WindowAggregator(step) if step.window and not session else None
+        self.sessions = SessionAggregator(step) if session else None
         self.latest = LatestTable(step) if step.latest else None
         self.correlator = Correlator(pipeline, step) if step.correlate else None
         sink = step.sink
-        self.kafka_sink = sink.kafka if sink else None
+        # A kafka sink that receives the step's windows gets them from the table's
+        # scripts (sinks.window_emit), not events from here.
+        self.kafka_sink = sink.kafka if sink and not step.emits_windows() else None
         self.keeps_rows = bool(sink and sink.parquet)
-        # Batches of plain tumbling-window steps take the numpy path; see windows_columnar.
-        self.columnar = (
+        # Batches of plain tumbling- and hopping-window steps take the columnar path; see
+        # windows_columnar.
+        self.decoder: windows_columnar.ColumnDecoder | None = None
+        if (
             self.windows is not None
             and self.correlator is None
             and self.kafka_sink is None
+            and not self.keeps_rows
             and windows_columnar.supports(self.windows, has_stages=bool(self.stages))
-        )
+        ):
+            self.decoder = windows_columnar.decoder_for(self.windows)
+        self._columnar_misses = 0
+        """Batches in a row the columnar path gave back (see _try_columnar)."""
         self.positions: dict[TopicPartition, Position] = {}
+        idle_ms = step.window.idle_timeout_ms() if step.window else 0
+        self.idleness = (
+            Idleness(idle_ms, [f[: -len(":wm")] for f in watermark_fields(pipeline, step)])
+            if idle_ms and sink is not None and sink.redis is not None
+            else None
+        )
+        """Set with window.idleTimeout on a window table (steps.idleness): the watermark
+        that makes windows final is the table's."""
 
     def resume(self, tp: TopicPartition, position: Position) -> None:
         self.positions[tp] = position
+        if self.idleness is not None:
+            self.idleness.note_active(tp)
 
     def forget(self, partitions: list[TopicPartition]) -> None:
         """Drop the positions and join state of partitions owned elsewhere now."""
         for tp in partitions:
             self.positions.pop(tp, None)
+            if self.idleness is not None:
+                self.idleness.forget(tp)
         if self.correlator is not None:
             self.correlator.drop([tp for tp in partitions if tp.topic == self.step.from_])
 
@@ -102,21 +139,57 @@ class BatchCompute:
         result.oldest_timestamp_ms = records[0].timestamp
         if self.windows is not None:
             result.windows = WindowBatch()
-        if not (self.columnar and self._columnar(result, records, watermark)):
+        elif self.sessions is not None:
+            result.windows = SessionBatch()
+        if not self._try_columnar(result, records, watermark):
             self._per_event(tp, result, records, watermark)
         self.positions[tp] = (rng.next, result.watermark)
+        if self.idleness is not None:
+            self.idleness.note_active(tp)
         return result
 
-    def _columnar(
+    def idle_raises(self, skip: set[TopicPartition]) -> list[PartitionResult]:
+        """Batches without events that raise the watermark of owned partitions idle for
+        window.idleTimeout (steps.idleness); `skip`: partitions not to touch (with records
+        in this fetch, or being positioned). Empty without idleTimeout."""
+        if self.idleness is None:
+            return []
+        owned = {tp: wm for tp, (nxt, wm) in self.positions.items() if nxt is not None}
+        out = []
+        for tp, target in self.idleness.raises(owned, skip).items():
+            nxt = self.positions[tp][0]
+            assert nxt is not None
+            result = PartitionResult(
+                rng=PartitionRange(tp.topic, tp.partition, nxt, nxt),
+                windows=WindowBatch() if self.windows is not None else SessionBatch(),
+                watermark=target,
+            )
+            self.positions[tp] = (nxt, target)
+            out.append(result)
+        return out
+
+    def _try_columnar(
         self, result: PartitionResult, records: list[ConsumerRecord], watermark: int | None
     ) -> bool:
-        assert self.windows is not None
-        fast = windows_columnar.aggregate_batch(self.windows, [r.value for r in records], watermark)
-        if fast is None:
+        """The batch through the columnar path, if the step has one and the batch fits.
+        A step whose events never fit (text times, say) would decode every batch twice:
+        after 8 misses in a row it tries one batch in 64."""
+        if self.decoder is None or self.windows is None:
             return False
+        misses = self._columnar_misses
+        if misses >= 8 and misses % 64:
+            self._columnar_misses += 1
+            return False
+        fast = windows_columnar.aggregate_batch(
+            self.windows, self.decoder, list(map(_value, records)), watermark
+        )
+        if fast is None:
+            self._columnar_misses += 1
+            return False
+        self._columnar_misses = 0
         result.windows, late, result.watermark = fast
-        for i in late:
-            result.dead.append(DeadLetter(records[i], _late_reason(watermark)))
+        for i, ts, met in late:
+            result.dead.append(DeadLetter(records[i], _late_reason(met, ts)))
         result.events_out = len(records) - len(late)
         return True
 
@@ -156,7 +229,15 @@ class BatchCompute:
     def _route(
         self, result: PartitionResult, event: Event, record: ConsumerRecord, watermark: int | None
     ) -> int | None:
-        if self.windows is not None and result.windows is not None:
+        if self.sessions is not None and isinstance(result.windows, SessionBatch):
+            key = key_of(event, self.sessions.key_field)
+            ts = self.sessions.event_time(event, record.timestamp)
+            if self.sessions.is_late(ts, watermark):
+                result.windows.late += 1
+                raise BadEvent(_late_session_reason(watermark, ts))
+            self.sessions.add(result.windows, key, ts, event)
+            watermark = ts if watermark is None else max(watermark, ts)
+        elif self.windows is not None and isinstance(result.windows, WindowBatch):
             key = key_of(event, self.windows.key_field)
             ts = self.windows.event_time(event, record.timestamp)
             starts = self.windows.window_starts(ts)

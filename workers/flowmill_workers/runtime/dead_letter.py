@@ -6,8 +6,16 @@ from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
 
-REASON_HEADER = "flowmill-reason"
-MAX_REASON = 1000
+from flowmill.spec.topology import (
+    DEAD_LETTER_MAX_REASON,
+    DEAD_LETTER_ORIGIN_HEADERS,
+    DEAD_LETTER_PIPELINE_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    DEAD_LETTER_STEP_HEADER,
+    DEAD_LETTER_TIMESTAMP_HEADER,
+)
+
+REASON_HEADER = DEAD_LETTER_REASON_HEADER
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,13 +32,14 @@ def dead_letter_record(
     """(value, key, headers) of the dead-letter message: the payload is kept byte for byte
     so it can be replayed once fixed; the reason and origin travel in headers."""
     r = dead.record
+    topic_header, partition_header, offset_header = DEAD_LETTER_ORIGIN_HEADERS
     headers = [
-        (REASON_HEADER, dead.reason[:MAX_REASON].encode("utf-8", "replace")),
-        ("flowmill-pipeline", pipeline.encode()),
-        ("flowmill-step", step.encode()),
-        ("flowmill-source-topic", r.topic.encode()),
-        ("flowmill-source-partition", str(r.partition).encode()),
-        ("flowmill-source-offset", str(r.offset).encode()),
-        ("flowmill-source-timestamp", str(r.timestamp).encode()),
+        (REASON_HEADER, dead.reason[:DEAD_LETTER_MAX_REASON].encode("utf-8", "replace")),
+        (DEAD_LETTER_PIPELINE_HEADER, pipeline.encode()),
+        (DEAD_LETTER_STEP_HEADER, step.encode()),
+        (topic_header, r.topic.encode()),
+        (partition_header, str(r.partition).encode()),
+        (offset_header, str(r.offset).encode()),
+        (DEAD_LETTER_TIMESTAMP_HEADER, str(r.timestamp).encode()),
     ]
     return r.value, r.key, headers

@@ -4,19 +4,24 @@ kubelet's probes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from flowmill_workers.runtime.metrics import WorkerMetrics
+from flowmill_workers.runtime.shutdown import StopState
 
 
 class Worker(Protocol):
     """What a source runner and a step runner have in common."""
 
-    metrics: WorkerMetrics
+    # Read-only: a wrapper (kafka_admission) passes its worker's on.
+    @property
+    def metrics(self) -> WorkerMetrics: ...
+    @property
+    def stop_state(self) -> StopState: ...
 
     def ready(self) -> tuple[bool, str]: ...
     async def start(self) -> None: ...
@@ -33,12 +38,29 @@ async def serve_worker(worker: Worker, stop: asyncio.Event, metrics_port: int | 
         http = WorkerHttp(worker.metrics.registry, worker.ready)
         await http.start(metrics_port)
     try:
-        await worker.start()
-        await worker.run(stop)
+        # A start waiting for a broker that is down would not see `stop`.
+        if await _unless_stopped(worker.start(), stop):
+            await worker.run(stop)
     finally:
         await worker.stop()
         if http is not None:
             await http.stop()
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run `work` unless `stop` is set first (then cancel it); whether it completed."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return False
 
 
 class WorkerHttp:

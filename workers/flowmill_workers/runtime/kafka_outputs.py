@@ -23,7 +23,9 @@ class KafkaOutputs:
         self.producer = producer
         self.pipeline = pipeline
         self.step = step.name
-        self.sink_topic = step.sink.kafka.topic if step.sink and step.sink.kafka else None
+        # A topic receiving the step's windows is written by sinks.window_emit instead.
+        kafka = step.sink.kafka if step.sink and not step.emits_windows() else None
+        self.sink_topic = kafka.topic if kafka else None
         self.dead_topic = step.dead_letter_topic()
 
     async def send(self, results: list[PartitionResult]) -> None:

@@ -29,6 +29,10 @@ class WorkerMetrics:
         self.events_out = Counter(
             "flowmill_events_out", "Events emitted to sinks.", labels, registry=r
         )
+        # Exported (as 0) from the start, not from the first batch: Prometheus counts a
+        # worker's replicas and restarts (its resets) by this series (flowmill_api.health),
+        # and a rate or a reset needs the sample before the first increment.
+        self.labels(self.events_out)
         self.events_filtered = Counter(
             "flowmill_events_filtered", "Events dropped by a filter.", labels, registry=r
         )
@@ -67,6 +71,12 @@ class WorkerMetrics:
         self.batches_dead_lettered = Counter(
             "flowmill_batches_dead_lettered",
             "Batches Redis refused deterministically, sent whole to the dead-letter topic.",
+            labels,
+            registry=r,
+        )
+        self.batches_fenced = Counter(
+            "flowmill_batches_fenced",
+            "Transactions aborted because the consumer group had moved on from the worker.",
             labels,
             registry=r,
         )

@@ -27,9 +27,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from flowmill.kafka_security import PLAINTEXT, KafkaClientSecurity
 from flowmill.spec import Pipeline, SourceSpec, source_transactional_id
 from flowmill_workers.runtime.http import serve_worker
 from flowmill_workers.runtime.metrics import WorkerMetrics
+from flowmill_workers.runtime.shutdown import StopState
 from flowmill_workers.sources import Chunk, Source, SourceContext, build_source
 from flowmill_workers.sources.base import OutRecord
 from flowmill_workers.sources.resume import (
@@ -49,6 +51,8 @@ class SourceConfig:
     """How a source connects and batches; the manifest says what it reads."""
 
     bootstrap_servers: str
+    security: KafkaClientSecurity = PLAINTEXT
+    """TLS and SASL of every Kafka client of the source."""
     client_id: str = "flowmill"
     max_batch: int = 20_000
     """Most records in one transaction."""
@@ -80,7 +84,9 @@ class SourceRunner:
         self.spec: SourceSpec = pipeline.spec.source(source_name)
         self.config = config
         self.metrics = WorkerMetrics(pipeline.name, source_name)
-        ctx = SourceContext(pipeline.name, self.spec, self.metrics, config.bootstrap_servers)
+        ctx = SourceContext(
+            pipeline.name, self.spec, self.metrics, config.bootstrap_servers, config.security
+        )
         self.source: Source = build_source(ctx)
         self.sid = source_id(pipeline.name, source_name)
         self.producer: AIOKafkaProducer | None = None
@@ -92,6 +98,10 @@ class SourceRunner:
         """Set once the source ended (a replayed file, a generator's count) and all of its
         events are committed."""
         self._held: _QueueItem | None = None
+        self.writing: list[Chunk] = []
+        """The chunks of the transaction in progress (told if a stop times out)."""
+        self.stop_state = StopState()
+        self.stop_state.unflushed = self.unflushed
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -105,6 +115,7 @@ class SourceRunner:
             acks="all",
             linger_ms=5,
             max_batch_size=1 << 20,
+            **self.config.security.kwargs(),
         )
         await self.producer.start()
         # An empty transaction waits for the producer id: by then the coordinator has
@@ -115,7 +126,11 @@ class SourceRunner:
         await self.source.start()
         if self.source.position_in_output:
             resumed = await last_position(
-                self.config.bootstrap_servers, self.spec.to, set(self.partitions), self.sid
+                self.config.bootstrap_servers,
+                self.config.security,
+                self.spec.to,
+                set(self.partitions),
+                self.sid,
             )
             self.seq = resumed.seq
             self.source.restore(resumed.position)
@@ -131,9 +146,22 @@ class SourceRunner:
 
     async def stop(self) -> None:
         """Close the source and the producer (a transaction in progress was finished)."""
+        self.stop_state.phase = "closing the source"
         await self.source.close()
         if self.producer is not None:
+            self.stop_state.phase = "closing the Kafka producer"
             await self.producer.stop()
+        self.stop_state.phase = "stopped"
+
+    def unflushed(self) -> list[str]:
+        chunks = list(self.writing)
+        if not chunks:
+            return []
+        records = sum(len(c.records) for c in chunks)
+        return [
+            f"a transaction of {records} record(s) after record {self.seq} of source "
+            f"{self.spec.name} (not committed)"
+        ]
 
     def ready(self) -> tuple[bool, str]:
         if not self.started:
@@ -224,6 +252,8 @@ class SourceRunner:
         topic, seq = self.spec.to, self.seq
         keep_position = self.source.position_in_output
         plain = [(SOURCE_HEADER, self.sid)]
+        self.writing = chunks
+        self.stop_state.phase = "committing a transaction"
         await producer.begin_transaction()
         try:
             batches = _PartitionBatches(producer, topic, self.partitions, plain)
@@ -244,6 +274,8 @@ class SourceRunner:
             log.exception("source %s: writing to %s failed", self.spec.name, topic)
             raise
         written, self.seq = seq - self.seq, seq
+        self.writing = []
+        self.stop_state.phase = "running"
         labels = (self.pipeline.name, self.spec.name)
         self.metrics.events_out.labels(*labels).inc(written)
         self.metrics.batch_seconds.labels(*labels).observe(time.perf_counter() - started)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pyarrow as pa
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from flowmill.spec import StepSpec, duration_seconds
+from flowmill.spec.sinks import S3Target
 from flowmill_workers.events import Event, event_time_ms, get_field
 
 
@@ -44,14 +46,13 @@ class ParquetLake:
         self.hourly = spec.partition_by == "hour"
         self.flush_seconds = duration_seconds(spec.flush_interval)
         if spec.s3 is not None:
-            s3 = spec.s3
-            self.fs: pafs.FileSystem = pafs.S3FileSystem(
-                endpoint_override=s3.endpoint, region=s3.region
-            )
-            self.root = f"{s3.bucket}/{s3.prefix.strip('/')}".rstrip("/")
+            self.fs: pafs.FileSystem = s3_filesystem(spec.s3)
+            self.root = f"{spec.s3.bucket}/{spec.s3.prefix.strip('/')}".rstrip("/")
         else:
             self.fs = pafs.LocalFileSystem()
             self.root = str(spec.path).rstrip("/")
+        # S3 has no directories: creating one would only add an empty `folder/` object.
+        self.make_dirs = spec.s3 is None
         self.buffers: dict[tuple[str, int], _Buffer] = {}
 
     def _time(self, row_ts: int, event: Event) -> int:
@@ -98,8 +99,11 @@ class ParquetLake:
             groups.setdefault(folder, []).append(row)
         for folder, rows in groups.items():
             directory = f"{self.root}/{folder}"
-            self.fs.create_dir(directory, recursive=True)
-            path = f"{directory}/{topic}-{partition}-{buf.first}-{buf.next}.parquet"
+            if self.make_dirs:
+                self.fs.create_dir(directory, recursive=True)
+            path = f"{directory}/{file_name(topic, partition, buf.first, buf.next)}"
+            # On S3 the object appears whole or not at all (one PUT, or a multipart
+            # upload completed at close), so a reader never sees half a file.
             pq.write_table(_table(rows), path, filesystem=self.fs)
 
     def drop(self, topic: str, partition: int) -> None:
@@ -108,25 +112,47 @@ class ParquetLake:
 
     def discard_uncommitted(self, topic: str, partition: int, committed: int) -> int:
         """Delete files of this partition that start at or after the committed offset."""
-        prefix = f"{topic}-{partition}-"
         removed = 0
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
         except FileNotFoundError:
             return 0
         for info in infos:
-            name = info.base_name
-            if info.type != pafs.FileType.File or not name.startswith(prefix):
+            parsed = parse_file_name(info.base_name) if info.type == pafs.FileType.File else None
+            if parsed is None or parsed[:2] != (topic, partition):
                 continue
-            try:
-                first = int(name[len(prefix) :].split("-")[0])
-            except ValueError:
-                continue
-            if first >= committed:
+            if parsed[2] >= committed:
                 self.fs.delete_file(info.path)
                 removed += 1
         self.drop(topic, partition)
         return removed
+
+
+def s3_filesystem(target: S3Target) -> pafs.S3FileSystem:
+    """pyarrow's S3 client for a target. Credentials come from the environment (the
+    operator mounts the target's credentialsSecret as AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY), else the SDK's chain (a web identity, an instance role)."""
+    endpoint, scheme = None, "https"
+    if target.endpoint:  # http(s)://host[:port], or host[:port] for https (S3Target checks)
+        parts = urlsplit(target.endpoint if "://" in target.endpoint else f"//{target.endpoint}")
+        endpoint, scheme = parts.netloc, parts.scheme or "https"
+    return pafs.S3FileSystem(endpoint_override=endpoint, scheme=scheme, region=target.region)
+
+
+def file_name(topic: str, partition: int, first: int, nxt: int) -> str:
+    """A lake file's name: the input partition and the offsets [first, next) it holds."""
+    return f"{topic}-{partition}-{first}-{nxt}.parquet"
+
+
+def parse_file_name(name: str) -> tuple[str, int, int, int] | None:
+    """(topic, partition, first, next) of a lake file's name; None for any other file.
+    Read from the right, since a topic name may itself hold dashes and digits."""
+    if not name.endswith(".parquet"):
+        return None
+    parts = name.removesuffix(".parquet").rsplit("-", 3)
+    if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return parts[0], int(parts[1]), int(parts[2]), int(parts[3])
 
 
 def _table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -22,6 +22,10 @@ import redis.asyncio as aioredis
 
 from flowmill import serving
 from flowmill.spec import StepSpec, duration_seconds
+from flowmill_workers.sinks.redis_sessions import SESSION_SCRIPT
+from flowmill_workers.sinks.script_parts import EMIT_RECORD, PUBLISH_FINALS, table_watermark
+from flowmill_workers.sinks.script_parts import fence as _fence
+from flowmill_workers.steps.sessions import SessionAggregator
 
 log = logging.getLogger("flowmill.worker")
 
@@ -30,63 +34,94 @@ MAX_TTL_SECONDS = 100 * 366 * 86400
 script fails the script half-way; a longer `ttl` is capped here (with a warning)."""
 
 
-# Every script starts with the fence: it runs only if the partition's checkpoint equals
-# the batch's first offset (ARGV[2]); else it returns {0} (refused: another worker or a
-# replay moved it). An absent checkpoint is accepted only where the worker says the
-# partition starts from nothing (ARGV[n] == "1"); otherwise the checkpoint, and with it
-# the table, was lost (a Redis restarted empty) and the script returns {-1} untouched.
-def _fence(n: int) -> str:
-    return f"""
-local ck = redis.call('HGET', KEYS[1], ARGV[1])
-if ck then
-  if tonumber(ck) ~= tonumber(ARGV[2]) then return {{0, '[]'}} end
-elseif ARGV[{n}] ~= '1' then
-  return {{-1, '[]'}}
-end
-"""
-
-
 # KEYS[1] checkpoint hash.
 # ARGV: 1 checkpoint field, 2 expected first offset, 3 next offset, 4 watermark or "",
 #       5 table prefix, 6 ttl seconds, 7 window size ms, 8 aggregates JSON [[name, op]],
 #       9 updates JSON [[key, start, [partial per aggregate]]], 10 channel or "",
-#       11 table name, 12 windows retained per key, 13 "1" if the checkpoint may be absent.
-# Returns {status, overflowed JSON [[key, start, aggregate]]}; see _fence.
+#       11 table name, 12 windows retained per key, 13 "1" if the checkpoint may be absent,
+#       14 allowed lateness ms, 15 watermark fields JSON (serving.watermark_fields),
+#       16 emit mode ("", "updates" or "final": window records for the kafka sink),
+#       17 outbox stream key, 18 now ms (the partition had events: idleness) or "".
+# Returns {status, overflowed JSON [[key, start, aggregate]]}; see script_parts.fence.
+# With a channel or emit final, each window is also kept in `open` until it is final.
 _WINDOW_SCRIPT = (
     _fence(13)
     + """
 local prefix, ttl, size = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local aggs, updates = cjson.decode(ARGV[8]), cjson.decode(ARGV[9])
-local channel, retain = ARGV[10], tonumber(ARGV[12])
+local channel, retain, tname = ARGV[10], tonumber(ARGV[12]), ARGV[11]
+local lateness = tonumber(ARGV[14])
+local emit, outbox = ARGV[16], ARGV[17]
+"""
+    + table_watermark(4, 15, 10, 16)
+    + EMIT_RECORD
+    + """
+-- Each update's hash is read once (HMGET of every field the checks and min/max need),
+-- written once (one HSET); the table-wide indexes (top-N sets, a key's windows, keys,
+-- wins) are written once per batch after the loop, in as few commands as give the state
+-- the per-update order gave: a batch's (key, start) pairs are distinct, so no update
+-- reads what another writes, and trimming a key's windows to `retain` once after all
+-- its adds removes what trimming after each add removed.
+local reads, at_val, at_err, at_name = {}, {}, {}, {}
+for i, a in ipairs(aggs) do
+  local op, name = a[2], a[1]
+  if op == 'sum' or op == 'avg' then
+    table.insert(reads, op == 'avg' and '_s:' .. name or name)
+    at_val[i] = #reads
+    table.insert(reads, '_error:' .. name)
+    at_err[i] = #reads
+  end
+  if op == 'avg' or op == 'min' or op == 'max' then
+    table.insert(reads, name)
+    at_name[i] = #reads
+  end
+end
 -- A failing script is not rolled back, so everything that could fail is checked before
 -- the first write: a sum or mean whose new total is not a finite double (an overflow,
 -- or a batch partial that already overflowed and arrives as null) is not applied; the
 -- window is marked with _error:{aggregate} for good instead, and its count stays exact.
 local function finite(x) return type(x) == 'number' and x == x and x > -math.huge and x < math.huge end
-local skip, overflowed = {}, {}
+local skip, overflowed, rows = {}, {}, {}
 for j, u in ipairs(updates) do
   local h = prefix .. ':w:' .. u[1] .. ':' .. u[2]
+  local row = {}
+  if #reads > 0 then row = redis.call('HMGET', h, unpack(reads)) end
+  rows[j] = row
   for i, a in ipairs(aggs) do
     local op, d = a[2], u[3][i]
     if op == 'sum' or (op == 'avg' and d[2] > 0) then
-      local add, field = d, a[1]
-      if op == 'avg' then add, field = d[1], '_s:' .. a[1] end
-      local cur = redis.call('HMGET', h, field, '_error:' .. a[1])
-      local ok = cur[2] == false and finite(add)
-      if ok then ok = finite(tonumber(cur[1] or '0') + add) end
+      local add = d
+      if op == 'avg' then add = d[1] end
+      local err = row[at_err[i]]
+      local ok = err == false and finite(add)
+      if ok then ok = finite(tonumber(row[at_val[i]] or '0') + add) end
       if not ok then
         skip[j .. ':' .. i] = true
-        if cur[2] == false then table.insert(overflowed, {u[1], u[2], a[1]}) end
+        if err == false then table.insert(overflowed, {u[1], u[2], a[1]}) end
       end
     end
   end
+end
+-- Deferred index writes: top-N members per (start, aggregate), each key's window
+-- starts, each key's newest start.
+local tops, top_order, key_wins, key_order, key_newest = {}, {}, {}, {}, {}
+-- `wins` as adding each start and dropping those `retain` windows behind it, update
+-- by update, would leave it: a start stays if it is within `retain` windows of every
+-- start added after it (suffix maxima), older members if within those of the newest.
+local span = retain * size
+local suffix, newest = {}, nil
+for j = #updates, 1, -1 do
+  local sn = tonumber(updates[j][2])
+  if newest == nil or sn > newest then newest = sn end
+  suffix[j] = newest
 end
 for j, u in ipairs(updates) do
   local key, start, parts = u[1], u[2], u[3]
   local h = prefix .. ':w:' .. key .. ':' .. start
   local startn = tonumber(start)
-  redis.call('HSET', h, 'start', start, 'end', string.format('%d', startn + size))
-  local out = {}
+  local row = rows[j]
+  local hset = {'start', start, 'end', string.format('%d', startn + size)}
+  local out, stored = {}, {}
   for i, a in ipairs(aggs) do
     local name, op, d = a[1], a[2], parts[i]
     local v = nil
@@ -105,16 +140,16 @@ for j, u in ipairs(updates) do
         local s = redis.call('HINCRBYFLOAT', h, '_s:' .. name, d[1])
         local n = redis.call('HINCRBY', h, '_n:' .. name, d[2])
         v = string.format('%.17g', tonumber(s) / n)
-        redis.call('HSET', h, name, v)
+        table.insert(hset, name) table.insert(hset, v)
       else
-        v = redis.call('HGET', h, name)
+        v = row[at_name[i]]
       end
     elseif op == 'min' or op == 'max' then
-      local cur = redis.call('HGET', h, name)
+      local cur = row[at_name[i]]
       if d ~= cjson.null then
         if not cur or (op == 'min' and d < tonumber(cur)) or (op == 'max' and d > tonumber(cur)) then
           cur = string.format('%.17g', d)
-          redis.call('HSET', h, name, cur)
+          table.insert(hset, name) table.insert(hset, cur)
         end
       end
       v = cur
@@ -123,47 +158,102 @@ for j, u in ipairs(updates) do
       for _, m in ipairs(d) do redis.call('SADD', dk, m) end
       if ttl > 0 then redis.call('EXPIRE', dk, ttl) end
       v = redis.call('SCARD', dk)
-      redis.call('HSET', h, name, v)
+      table.insert(hset, name) table.insert(hset, v)
     end
     if v then
       out[name] = tonumber(v)
+      if type(v) == 'number' then stored[name] = string.format('%d', v) else stored[name] = v end
       local top = prefix .. ':top:' .. start .. ':' .. name
-      redis.call('ZADD', top, v, key)
-      if ttl > 0 then redis.call('EXPIRE', top, ttl) end
+      if tops[top] == nil then tops[top] = {} table.insert(top_order, top) end
+      table.insert(tops[top], v) table.insert(tops[top], key)
     end
   end
-  local wi = prefix .. ':wi:' .. key
-  redis.call('ZADD', wi, startn, start)
-  redis.call('ZADD', prefix .. ':keys', 'GT', startn, key)
-  redis.call('ZADD', prefix .. ':wins', startn, start)
-  -- Keep the table-wide indexes as bounded as the data they point at: windows older
-  -- than `retain` windows, and keys silent for longer than the TTL, leave them.
-  redis.call('ZREMRANGEBYSCORE', prefix .. ':wins', '-inf',
-    '(' .. string.format('%d', startn - retain * size))
+  redis.call('HSET', h, unpack(hset))
+  if key_wins[key] == nil then key_wins[key] = {} table.insert(key_order, key) end
+  table.insert(key_wins[key], startn) table.insert(key_wins[key], start)
   if ttl > 0 then
-    redis.call('EXPIRE', h, ttl)
-    redis.call('EXPIRE', wi, ttl)
+    -- Keys silent for longer than the TTL leave the index: in update order, since a key
+    -- dropped here may come back with a later update.
+    redis.call('ZADD', prefix .. ':keys', 'GT', startn, key)
     redis.call('ZREMRANGEBYSCORE', prefix .. ':keys', '-inf',
       '(' .. string.format('%d', startn - ttl * 1000))
-    redis.call('EXPIRE', prefix .. ':keys', ttl)
-    redis.call('EXPIRE', prefix .. ':wins', ttl)
+    redis.call('EXPIRE', h, ttl)
+  elseif key_newest[key] == nil or startn > key_newest[key] then
+    key_newest[key] = startn
   end
+  local closes = startn + size + lateness
+  if channel ~= '' or emit == 'final' then
+    redis.call('ZADD', prefix .. ':open', closes, start .. ':' .. key)
+  end
+  if channel ~= '' then
+    redis.call('PUBLISH', channel, cjson.encode({table = tname, key = key,
+      window = {start = startn, ['end'] = startn + size}, values = out,
+      final = (W ~= nil and closes <= W), watermark = W}))
+  end
+  if emit == 'updates' then
+    emit_record(key, start, string.format('%d', startn + size), nil,
+      W ~= nil and closes <= W, stored)
+  end
+end
+-- ZADD with many members, in chunks (Lua's unpack has a stack limit).
+local function zadd_all(zkey, flag, items)
+  for c = 1, #items, 2000 do
+    local args = {}
+    if flag then args[1] = flag end
+    for x = c, math.min(c + 1999, #items) do args[#args + 1] = items[x] end
+    redis.call('ZADD', zkey, unpack(args))
+  end
+end
+for _, top in ipairs(top_order) do
+  zadd_all(top, nil, tops[top])
+  if ttl > 0 then redis.call('EXPIRE', top, ttl) end
+end
+if newest ~= nil then
+  -- Keep the table-wide indexes as bounded as the data they point at: windows older
+  -- than `retain` windows leave `wins` (keys silent for longer than the TTL, `keys`).
+  local wins = prefix .. ':wins'
+  redis.call('ZREMRANGEBYSCORE', wins, '-inf', '(' .. string.format('%d', newest - span))
+  local kept = {}
+  for j, u in ipairs(updates) do
+    local sn = tonumber(u[2])
+    if sn >= suffix[j] - span then table.insert(kept, sn) table.insert(kept, u[2]) end
+  end
+  zadd_all(wins, nil, kept)
+  if ttl == 0 then
+    local newest_keys = {}
+    for _, key in ipairs(key_order) do
+      table.insert(newest_keys, key_newest[key]) table.insert(newest_keys, key)
+    end
+    zadd_all(prefix .. ':keys', 'GT', newest_keys)
+  else
+    redis.call('EXPIRE', prefix .. ':keys', ttl)
+    redis.call('EXPIRE', wins, ttl)
+  end
+end
+for _, key in ipairs(key_order) do
+  local wi = prefix .. ':wi:' .. key
+  zadd_all(wi, nil, key_wins[key])
+  if ttl > 0 then redis.call('EXPIRE', wi, ttl) end
   local extra = redis.call('ZCARD', wi) - retain
   if extra > 0 then
     local old = redis.call('ZRANGE', wi, 0, extra - 1)
     for _, s in ipairs(old) do
       redis.call('DEL', prefix .. ':w:' .. key .. ':' .. s)
       for _, a in ipairs(aggs) do redis.call('ZREM', prefix .. ':top:' .. s .. ':' .. a[1], key) end
+      if channel ~= '' or emit == 'final' then redis.call('ZREM', prefix .. ':open', s .. ':' .. key) end
     end
     redis.call('ZREMRANGEBYRANK', wi, 0, extra - 1)
   end
-  if channel ~= '' then
-    redis.call('PUBLISH', channel, cjson.encode({table = ARGV[11], key = key,
-      window = {start = startn, ['end'] = startn + size}, values = out}))
-  end
 end
+if (channel ~= '' or emit == 'final') and ttl > 0 and #updates > 0 then
+  redis.call('EXPIRE', prefix .. ':open', ttl)
+end
+"""
+    + PUBLISH_FINALS
+    + """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[1] .. ':wm', ARGV[4]) end
+if ARGV[18] ~= '' then redis.call('HSET', KEYS[1], ARGV[1] .. ':seen', ARGV[18]) end
 return {1, cjson.encode(overflowed)}
 """
 )
@@ -252,7 +342,13 @@ class PartitionRange:
 class RedisTableSink:
     """Writes one step's window or latest-state table."""
 
-    def __init__(self, client: aioredis.Redis, pipeline: str, step: StepSpec) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        pipeline: str,
+        step: StepSpec,
+        watermark_fields: Sequence[str] = (),
+    ) -> None:
         if step.sink is None or step.sink.redis is None:
             raise ValueError(f"step {step.name} has no redis sink")
         self.client = client
@@ -273,7 +369,16 @@ class RedisTableSink:
             )
             self.ttl = MAX_TTL_SECONDS
         self.status = status_key(pipeline, self.table)
+        self.changes = serving.changes_channel(pipeline, self.table)
+        self.watermark_fields = orjson.dumps(list(watermark_fields))
+        """Whose minimum is the table's watermark (serving.watermark_fields)."""
+        self.lateness_ms = step.window.lateness_ms() if step.window else 0
+        kafka = step.sink.kafka
+        self.emit = kafka.emit if kafka is not None and step.emits_windows() else ""
+        """Which window records the scripts append to the outbox for the kafka sink."""
+        self.outbox = serving.outbox_key(pipeline, step.name)
         self._window = client.register_script(_WINDOW_SCRIPT)
+        self._sessions = client.register_script(SESSION_SCRIPT)
         self._latest = client.register_script(_LATEST_SCRIPT)
         self._skip = client.register_script(_SKIP_SCRIPT)
 
@@ -288,9 +393,11 @@ class RedisTableSink:
         watermark: int | None,
         *,
         starts_fresh: bool = True,
+        seen_ms: int | None = None,
     ) -> None:
         """Queue one partition's window partials on a pipeline (applied at execute);
-        `starts_fresh` says the partition has no checkpoint yet (see _fence)."""
+        `starts_fresh` says the partition has no checkpoint yet (see _fence); `seen_ms`,
+        when the batch had events (kept for window.idleTimeout)."""
         await self._window(
             keys=[self.checkpoint],
             args=[
@@ -307,6 +414,50 @@ class RedisTableSink:
                 self.table,
                 retain,
                 "1" if starts_fresh else "",
+                self.lateness_ms,
+                self.watermark_fields,
+                self.emit,
+                self.outbox,
+                "" if seen_ms is None else seen_ms,
+            ],
+            client=pipe,
+        )
+
+    async def apply_sessions(
+        self,
+        pipe: Any,
+        rng: PartitionRange,
+        updates: list[list[Any]],
+        sessions: SessionAggregator,
+        watermark: int | None,
+        *,
+        starts_fresh: bool = True,
+        seen_ms: int | None = None,
+    ) -> None:
+        """Queue one partition's local sessions on a pipeline: each is merged with the
+        key's stored sessions within the gap (flowmill_workers.sinks.redis_sessions)."""
+        await self._sessions(
+            keys=[self.checkpoint],
+            args=[
+                rng.field,
+                rng.first,
+                rng.next,
+                "" if watermark is None else str(watermark),
+                self.prefix,
+                self.ttl,
+                sessions.gap_ms,
+                sessions.max_ms,
+                orjson.dumps([[n, op] for n, op, _ in sessions.aggregates]),
+                orjson.dumps(updates),
+                self.channel,
+                self.table,
+                sessions.retain,
+                "1" if starts_fresh else "",
+                sessions.lateness_ms,
+                self.watermark_fields,
+                self.emit,
+                self.outbox,
+                "" if seen_ms is None else seen_ms,
             ],
             client=pipe,
         )
@@ -339,6 +490,12 @@ class RedisTableSink:
             ],
             client=pipe,
         )
+
+    def announce(self, pipe: Any) -> None:
+        """Queue, last on a batch's pipeline, the announcement of its writes: Redis writes
+        pending replies newest client first, so this puts the API's message on its socket
+        before the writer has its last reply (flowmill_api.versions says why)."""
+        pipe.publish(self.changes, "")
 
     async def skip(self, pipe: Any, rng: PartitionRange, *, starts_fresh: bool) -> None:
         """Queue moving the checkpoint past a batch without applying it."""
@@ -373,7 +530,7 @@ def status_key(pipeline: str, table: str) -> str:
     `rebuilding:{topic}:{partition}` (the offset the rebuild must reach) while the step
     rebuilds the table from Kafka after the Redis data was lost, and
     `incomplete:{topic}:{partition}` (JSON) when Kafka no longer held all of it."""
-    return f"{serving.table_prefix(pipeline, table)}:_status"
+    return serving.status_key(pipeline, table)
 
 
 async def load_checkpoints(

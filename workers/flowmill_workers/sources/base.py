@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flowmill.kafka_security import PLAINTEXT, KafkaClientSecurity
 from flowmill_workers.events import MAX_EVENT_BYTES, BadEvent, Event, encode, key_of
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class SourceContext:
     spec: SourceSpec
     metrics: WorkerMetrics
     bootstrap_servers: str
+    security: KafkaClientSecurity = PLAINTEXT
+    """Of the Pipeline's Kafka (bootstrap_servers), not of any other cluster."""
 
 
 class Source(ABC):

@@ -12,6 +12,9 @@
   `min(max_backoff, interval * 2^(n-1))`, half of it fixed and half random ("equal
   jitter", so many pollers of one feed spread out), or a server's Retry-After if longer.
   They never end the source.
+- Credentials: `headersFrom` headers are read from the variables a Deployment sets from
+  their Secrets (flowmill.spec.launch.http_header_env); a logged URL is redacted
+  (userinfo passwords, `?token=`-like parameters), and so is an error that quotes it.
 - Position: `{"last_updated", "etag", "last_modified"}` of the last emitted snapshot, so a
   restarted poller neither re-emits the snapshot it already wrote nor loses the validators.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,7 +32,9 @@ import httpx
 import orjson
 from prometheus_client import Counter
 
+from flowmill.redact import redact_text, redact_url
 from flowmill.spec.common import duration_seconds
+from flowmill.spec.launch import http_header_env
 from flowmill.spec.sources import HttpPollSource
 from flowmill_workers.events import Event, get_field
 from flowmill_workers.sources.base import Chunk, Position, Source, SourceContext
@@ -46,6 +52,14 @@ class PollFailed(Exception):
         self.retry_after = retry_after
 
 
+class HeaderSecretMissing(KeyError):
+    """A headersFrom header's variable is not set: its Secret was not given to the pod
+    (or, locally, not exported)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class HttpPoll(Source):
     """Polls one URL; each emitted snapshot is one chunk."""
 
@@ -61,6 +75,9 @@ class HttpPoll(Source):
         self.last_modified: str | None = None
         self.ttl: float = 0.0
         self.failures = 0
+        self.headers = {**self.spec.headers, **secret_headers(ctx.spec.name, self.spec)}
+        self.shown_url = redact_url(self.spec.url)
+        """The URL as logs show it."""
         self._jitter = random.Random()
         self.polls = Counter(
             "flowmill_source_polls",
@@ -77,7 +94,7 @@ class HttpPoll(Source):
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         async with httpx.AsyncClient(
-            timeout=self.timeout, headers=self.spec.headers, follow_redirects=True
+            timeout=self.timeout, headers=self.headers, follow_redirects=True
         ) as client:
             while True:
                 try:
@@ -103,7 +120,7 @@ class HttpPoll(Source):
         except httpx.TimeoutException:
             raise PollFailed(f"timed out after {self.timeout:g}s") from None
         except httpx.HTTPError as err:
-            raise PollFailed(f"{type(err).__name__}: {err}") from None
+            raise PollFailed(f"{type(err).__name__}: {redact_text(str(err))}") from None
         if response.status_code == 304:
             self._count("not_modified")
             return None
@@ -165,7 +182,7 @@ class HttpPoll(Source):
             delay = max(delay, min(err.retry_after, self.max_backoff))
         log.warning(
             "poll of %s failed (%s, %d in a row); retrying in %.1fs",
-            self.spec.url,
+            self.shown_url,
             err,
             self.failures,
             delay,
@@ -181,6 +198,21 @@ class HttpPoll(Source):
 
     def _count(self, result: str) -> None:
         self.polls.labels(self.ctx.pipeline, self.name, result).inc()
+
+
+def secret_headers(source: str, spec: HttpPollSource) -> dict[str, str]:
+    """The headersFrom headers with their values from the environment."""
+    headers = {}
+    for header in spec.headers_from or {}:
+        variable = http_header_env(source, header)
+        value = os.environ.get(variable)
+        if value is None:
+            raise HeaderSecretMissing(
+                f"source {source}: header {header} (httpPoll.headersFrom) comes from "
+                f"{variable}, which is not set"
+            )
+        headers[header] = value
+    return headers
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -22,6 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from flowmill.kafka_security import PLAINTEXT
 from flowmill.spec import mirror_group
 from flowmill_workers.events import BadEvent, decode, key_of
 from flowmill_workers.sources.base import Chunk, OutRecord, Position, Source, SourceContext
@@ -42,8 +43,11 @@ class KafkaMirror(Source):
         assert ctx.spec.kafka is not None
         self.spec = ctx.spec.kafka
         self.servers = self.spec.bootstrap_servers or ctx.bootstrap_servers
+        same_cluster = _servers(self.servers) == _servers(ctx.bootstrap_servers)
+        # The Pipeline's credentials go to its own cluster only, never to another one.
+        self.security = ctx.security if same_cluster else PLAINTEXT
         if offsets_in_transaction is None:
-            offsets_in_transaction = _servers(self.servers) == _servers(ctx.bootstrap_servers)
+            offsets_in_transaction = same_cluster
         self.offsets_in_transaction = offsets_in_transaction
         self.group = mirror_group(ctx.pipeline, self.name)
         self.consumer: AIOKafkaConsumer | None = None
@@ -60,6 +64,7 @@ class KafkaMirror(Source):
             # Only committed records: an aborted upstream transaction is not data.
             isolation_level="read_committed",
             max_partition_fetch_bytes=8 << 20,
+            **self.security.kwargs(),
         )
         await self.consumer.start()
 

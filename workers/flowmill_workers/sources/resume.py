@@ -29,6 +29,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import UnknownTopicOrPartitionError
 
+from flowmill.kafka_security import KafkaClientSecurity
 from flowmill_workers.sources.base import Position
 
 SOURCE_HEADER = "flowmill-source"
@@ -71,7 +72,11 @@ async def output_partitions(producer: AIOKafkaProducer, topic: str) -> set[int]:
 
 
 async def last_position(
-    bootstrap_servers: str, topic: str, partition_ids: set[int], sid: bytes
+    bootstrap_servers: str,
+    security: KafkaClientSecurity,
+    topic: str,
+    partition_ids: set[int],
+    sid: bytes,
 ) -> Resumed:
     """The highest-`seq` position written by source `sid` into committed records of
     `topic`, or Resumed() when it never wrote anything."""
@@ -80,6 +85,7 @@ async def last_position(
         enable_auto_commit=False,
         isolation_level="read_committed",
         client_id="flowmill-resume",
+        **security.kwargs(),
     )
     await consumer.start()
     try:

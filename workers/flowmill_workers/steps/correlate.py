@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from flowmill.kafka_security import KafkaClientSecurity
 from flowmill.spec import Pipeline, StepSpec, changelog_topic, duration_seconds
 from flowmill_workers.events import BadEvent, Event, key_of
 
@@ -41,7 +42,12 @@ class Correlator:
         self.clock: dict[int, int] = {}
         self.changes: list[tuple[int, str, bytes | None]] = []
 
-    async def restore(self, bootstrap_servers: str, partitions: list[TopicPartition]) -> None:
+    async def restore(
+        self,
+        bootstrap_servers: str,
+        security: KafkaClientSecurity,
+        partitions: list[TopicPartition],
+    ) -> None:
         """Rebuild pending events of newly assigned partitions from the changelog."""
         wanted = [p.partition for p in partitions if p.partition not in self.pending]
         if not wanted:
@@ -53,6 +59,7 @@ class Correlator:
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
+            **security.kwargs(),
         )
         await consumer.start()
         try:

@@ -25,10 +25,16 @@ class LatestTable:
         """The Kafka record time: deterministic on replay, and what `expireAfter` uses."""
         return record_timestamp_ms
 
-    def serialize(self, event: Event) -> str:
-        """The stored body, or "" when `deleteWhen` says the key is gone."""
+    def row(self, event: Event) -> Event | None:
+        """What the table keeps of the event, or None when `deleteWhen` says the key is
+        gone (a lookup of this table applies the same)."""
         if self.delete_when is not None and self.delete_when(event) is True:
-            return ""
+            return None
         if self.fields is not None:
             event = {f: get_field(event, f) for f in self.fields}
-        return encode(event).decode()
+        return event
+
+    def serialize(self, event: Event) -> str:
+        """The stored body, or "" when `deleteWhen` says the key is gone."""
+        row = self.row(event)
+        return "" if row is None else encode(row).decode()

@@ -1,4 +1,4 @@
-"""The stateless stages of a step, compiled once: validate, filter, map, function.
+"""The stages of a step, compiled once: validate, filter, map, lookup, function.
 
 Each event goes through them in that order; a stage raises BadEvent (dead-lettered with
 the reason) or returns the events that continue (none when filtered out).
@@ -26,7 +26,9 @@ def compile_expression(expression: str) -> Callable[[Event], Any]:
     def evaluate(event: Event) -> Any:
         try:
             return program.execute(event)
-        except (RuntimeError, ValueError, TypeError) as err:
+        # LookupError: a map literal's missing key (a station not in a region map) raises
+        # KeyError; ArithmeticError: division by zero, overflow. All are the event's fault.
+        except (RuntimeError, ValueError, TypeError, LookupError, ArithmeticError) as err:
             raise BadEvent(f"expression {expression!r} failed: {err}") from None
 
     return evaluate
@@ -98,8 +100,9 @@ def _function_stage(reference: str) -> Stage:
     return stage
 
 
-def build_stages(step: StepSpec) -> list[Stage]:
-    """The stateless stages a step declares, in processing order."""
+def build_stages(step: StepSpec, lookup: Stage | None = None) -> list[Stage]:
+    """The stages a step declares, in processing order; `lookup` is its lookup's
+    enrichment (its reference table lives in the worker, steps.lookup)."""
     stages: list[Stage] = []
     if step.validate_ is not None:
         stages.append(_validate_stage(step.validate_.schema_))
@@ -107,6 +110,8 @@ def build_stages(step: StepSpec) -> list[Stage]:
         stages.append(_filter_stage(step.filter))
     if step.map:
         stages.append(_map_stage(step.map))
+    if lookup is not None:
+        stages.append(lookup)
     if step.function:
         stages.append(_function_stage(step.function))
     return stages

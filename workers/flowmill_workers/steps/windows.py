@@ -26,20 +26,19 @@ class WindowBatch:
     late: int = 0
 
 
-class WindowAggregator:
-    """Assigns events to windows and accumulates their aggregates."""
+class Aggregates:
+    """A step's aggregates: partial state, folding events in. Shared by tumbling, hopping
+    and session windows."""
 
     def __init__(self, step: StepSpec) -> None:
         window, aggregates = step.window, step.aggregate
         if window is None or aggregates is None or step.key_by is None:
             raise ValueError(f"step {step.name} has no window, aggregate and keyBy")
-        self.size_ms = int(duration_seconds(window.size) * 1000)
-        advance = window.advance if window.type == "hopping" else window.size
-        self.advance_ms = int(duration_seconds(advance or window.size) * 1000)
-        self.lateness_ms = int(duration_seconds(window.allowed_lateness) * 1000)
+        self.window = window
+        self.lateness_ms = window.lateness_ms()
         self.time_field = window.event_time
         self.retain = window.retain
-        self.key_field = step.key_by
+        self.key_field: str = step.key_by
         self.aggregates = [(name, a.op, a.field) for name, a in aggregates.items()]
 
     def event_time(self, event: Event, record_timestamp_ms: int) -> int:
@@ -48,19 +47,6 @@ class WindowAggregator:
         if self.time_field is None:
             return record_timestamp_ms
         return event_time_ms(get_field(event, self.time_field), self.time_field)
-
-    def window_starts(self, ts: int) -> list[int]:
-        """Starts of every window containing `ts`, oldest first."""
-        last = ts - ts % self.advance_ms
-        if self.advance_ms == self.size_ms:
-            return [last]
-        starts = []
-        start = last
-        while start + self.size_ms > ts:
-            starts.append(start)
-            start -= self.advance_ms
-        starts.reverse()
-        return starts
 
     def new_partial(self) -> Partial:
         out: Partial = []
@@ -77,8 +63,8 @@ class WindowAggregator:
                 out.append(None)
         return out
 
-    def add(self, batch: WindowBatch, key: str, event: Event, starts: list[int]) -> None:
-        """Fold one event into the partials of the given windows."""
+    def values_of(self, event: Event) -> list[Any]:
+        """Each aggregate's input value of one event (None for count and missing fields)."""
         values: list[Any] = []
         for name, op, fld in self.aggregates:
             if op == "count":
@@ -94,29 +80,64 @@ class WindowAggregator:
                         f"aggregate {name}: field {fld!r} is not a number: {value!r}"
                     ) from None
             values.append(value)
+        return values
+
+    def fold(self, partial: Partial, values: list[Any]) -> None:
+        """Add one event's values (from values_of) to a partial."""
+        for i, (_, op, _) in enumerate(self.aggregates):
+            value = values[i]
+            if op == "count":
+                partial[i] += 1
+            elif value is None:
+                continue
+            elif op == "sum":
+                partial[i] += value
+            elif op == "avg":
+                partial[i][0] += value
+                partial[i][1] += 1
+            elif op == "min":
+                if partial[i] is None or value < partial[i]:
+                    partial[i] = value
+            elif op == "max":
+                if partial[i] is None or value > partial[i]:
+                    partial[i] = value
+            else:
+                partial[i].add(str(value))
+
+
+class WindowAggregator(Aggregates):
+    """Assigns events to tumbling or hopping windows and accumulates their aggregates."""
+
+    def __init__(self, step: StepSpec) -> None:
+        super().__init__(step)
+        window = self.window
+        if window.size is None:
+            raise ValueError(f"step {step.name}: a session window is not tumbling or hopping")
+        self.size_ms = window.size_ms()
+        advance = window.advance if window.type == "hopping" else window.size
+        self.advance_ms = int(duration_seconds(advance or window.size) * 1000)
+
+    def window_starts(self, ts: int) -> list[int]:
+        """Starts of every window containing `ts`, oldest first."""
+        last = ts - ts % self.advance_ms
+        if self.advance_ms == self.size_ms:
+            return [last]
+        starts = []
+        start = last
+        while start + self.size_ms > ts:
+            starts.append(start)
+            start -= self.advance_ms
+        starts.reverse()
+        return starts
+
+    def add(self, batch: WindowBatch, key: str, event: Event, starts: list[int]) -> None:
+        """Fold one event into the partials of the given windows."""
+        values = self.values_of(event)
         for start in starts:
             partial = batch.partials.get((key, start))
             if partial is None:
                 partial = batch.partials[(key, start)] = self.new_partial()
-            for i, (_, op, _) in enumerate(self.aggregates):
-                value = values[i]
-                if op == "count":
-                    partial[i] += 1
-                elif value is None:
-                    continue
-                elif op == "sum":
-                    partial[i] += value
-                elif op == "avg":
-                    partial[i][0] += value
-                    partial[i][1] += 1
-                elif op == "min":
-                    if partial[i] is None or value < partial[i]:
-                        partial[i] = value
-                elif op == "max":
-                    if partial[i] is None or value > partial[i]:
-                        partial[i] = value
-                else:
-                    partial[i].add(str(value))
+            self.fold(partial, values)
 
     def open_starts(self, starts: list[int], watermark: int) -> list[int]:
         """The windows still accepting events: not yet closed by the watermark."""

@@ -3,6 +3,8 @@ step's strategy from its spec."""
 
 from __future__ import annotations
 
+from flowmill.kafka_security import PLAINTEXT, KafkaClientSecurity
+from flowmill.serving import watermark_fields
 from flowmill.spec import Pipeline, StepSpec
 from flowmill.spec.topology import consumer_group
 from flowmill_workers.runtime.batch_compute import BatchCompute
@@ -31,6 +33,8 @@ def choose_durability(
     compute: BatchCompute,
     metrics: WorkerMetrics | None = None,
     retry: WriteRetry | None = None,
+    bootstrap_servers: str | None = None,
+    security: KafkaClientSecurity = PLAINTEXT,
 ) -> Durability:
     """Where the step's position lives decides how it stays exact."""
     sink = step.sink
@@ -50,6 +54,17 @@ def choose_durability(
         return ParquetFiles(pipeline.name, step)
     if sink.redis is not None:
         return RedisCheckpoint(
-            pipeline.name, step, redis_url, compute.windows, compute.latest, metrics, retry
+            pipeline.name,
+            step,
+            redis_url,
+            compute.windows,
+            compute.latest,
+            metrics,
+            retry,
+            sessions=compute.sessions,
+            watermark_fields=watermark_fields(pipeline, step),
+            idleness=compute.idleness,
+            bootstrap_servers=bootstrap_servers,
+            security=security,
         )
     return KafkaTransaction(pipeline.name, step.name, group, None)

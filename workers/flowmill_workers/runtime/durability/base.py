@@ -24,6 +24,12 @@ Resume = dict[TopicPartition, Checkpoint]
 """Partitions whose position a strategy holds, with where each one continues."""
 
 
+class BatchFenced(Exception):
+    """The store refused a batch because the consumer group has moved on from this
+    worker (its partitions belong to another member now); nothing of the batch became
+    durable. The loop drops it and rejoins the group."""
+
+
 class Durability(ABC):
     """How one step makes a computed batch durable and where its position lives."""
 
@@ -61,7 +67,9 @@ class Durability(ABC):
     @abstractmethod
     async def write(self, results: list[PartitionResult]) -> Resume:
         """Make one batch durable and advance past it; returns partitions whose write
-        was refused (another worker moved them on), with where they continue."""
+        was refused (another worker moved them on), with where they continue. Raises
+        BatchFenced when the whole batch was refused and where it continues is the
+        group's to say."""
 
     async def idle(self) -> None:
         """Called when a fetch brought nothing: time-based work is due."""
@@ -70,6 +78,11 @@ class Durability(ABC):
     async def flush(self) -> None:
         """Make whatever is still held durable (the loop has stopped)."""
         return None
+
+    def unflushed(self) -> list[str]:
+        """What the strategy holds that is not durable yet, one item per buffer (said
+        when a stop runs out of time)."""
+        return []
 
     async def close(self) -> None:
         """Release the strategy's own connections."""

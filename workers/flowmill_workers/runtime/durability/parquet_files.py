@@ -52,6 +52,12 @@ class ParquetFiles(Durability):
     async def flush(self) -> None:
         await self._write_files(list(self.lake.buffers))
 
+    def unflushed(self) -> list[str]:
+        return [
+            f"{len(b.rows)} row(s) of {t}-{p} offsets {b.first}..{b.next - 1} not yet in a file"
+            for (t, p), b in list(self.lake.buffers.items())
+        ]
+
     async def _write_files(self, partitions: list[tuple[str, int]]) -> None:
         """Write the given partitions' files, then commit exactly the offsets they cover."""
         if not partitions:

@@ -14,8 +14,8 @@ Faults (docs/reliability.md):
   lost the table: the partition is rebuilt from the earliest retained offset, the step is
   unready meanwhile, and the table's status hash says so (and which partitions can no
   longer be complete because Kafka deleted the beginning).
-- A write Redis refuses for a reason that may pass (OOM, LOADING, a lost connection) is
-  retried with back-off; the step is unready while it fails and the worker gives up
+- A write Redis refuses for a reason that may pass (OOM, LOADING, a lost connection, no
+  answer within `WriteRetry.reply_timeout_s`: a paused Redis) is retried with back-off; the step is unready while it fails and the worker gives up
   (the write raises) after `WriteRetry.give_up_s`, so Kubernetes restarts it.
 - A write that fails the same way every time (a script error) is retried
   `WriteRetry.attempts` times; then the partition's whole batch goes to the dead-letter
@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ProducerFenced
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
@@ -45,7 +45,10 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from flowmill import serving
+from flowmill.kafka_security import PLAINTEXT, KafkaClientSecurity
 from flowmill.spec import StepSpec
+from flowmill.spec.launch import REDIS_TIMEOUT_S
 from flowmill_workers.runtime.batch_compute import Checkpoint, PartitionResult
 from flowmill_workers.runtime.dead_letter import DeadLetter
 from flowmill_workers.runtime.durability.base import (
@@ -65,8 +68,11 @@ from flowmill_workers.sinks.redis_tables import (
     load_checkpoints,
     write_outcome,
 )
+from flowmill_workers.sinks.window_emit import WindowEmitter
+from flowmill_workers.steps.idleness import Idleness, now_ms
 from flowmill_workers.steps.latest import LatestTable
-from flowmill_workers.steps.windows import WindowAggregator, partial_to_wire
+from flowmill_workers.steps.sessions import SessionAggregator, SessionBatch
+from flowmill_workers.steps.windows import WindowAggregator, WindowBatch, partial_to_wire
 
 log = logging.getLogger("flowmill.worker")
 
@@ -111,6 +117,11 @@ class WriteRetry:
     """How long writes may keep failing for a passing reason before the worker exits."""
     first_backoff_s: float = 0.1
     max_backoff_s: float = 5.0
+    reply_timeout_s: float = REDIS_TIMEOUT_S
+    """A command (or connection) Redis leaves unanswered this long fails with a
+    TimeoutError, which is retried like a refusal: a paused Redis makes the step unready
+    instead of holding the write, and the worker ready, until it wakes up. A write that
+    timed out may still land later; the checkpoint fences it like any replay."""
 
 
 class RedisWriteFailed(RuntimeError):
@@ -129,6 +140,11 @@ class RedisCheckpoint(Durability):
         latest: LatestTable | None,
         metrics: WorkerMetrics | None = None,
         retry: WriteRetry | None = None,
+        sessions: SessionAggregator | None = None,
+        watermark_fields: list[str] | None = None,
+        idleness: Idleness | None = None,
+        bootstrap_servers: str | None = None,
+        security: KafkaClientSecurity = PLAINTEXT,
     ) -> None:
         if not redis_url:
             raise ValueError(f"step {step.name} writes Redis but no Redis URL is set")
@@ -137,6 +153,9 @@ class RedisCheckpoint(Durability):
         self.redis_url = redis_url
         self.windows = windows
         self.latest = latest
+        self.sessions = sessions
+        self.watermark_fields = watermark_fields or []
+        """Whose minimum is the table's watermark (windows become final by it)."""
         self.metrics = metrics or WorkerMetrics(pipeline, step.name)
         self.retry = retry or WriteRetry()
         self.redis: aioredis.Redis | None = None
@@ -149,12 +168,27 @@ class RedisCheckpoint(Durability):
         """Partitions rebuilt after lost Redis state, with the offset the step had reached."""
         self.failing: tuple[float, str] | None = None
         """Since when (monotonic) and why writes keep failing, while they do."""
+        self.idleness = idleness
+        self.kafka = (bootstrap_servers, security)
+        """Where the emitter of window records (sink.kafka.emit) writes."""
+        self.emitter: WindowEmitter | None = None
+        self.emitting: asyncio.Task[None] | None = None
+        """The emitter, while this worker owns partition 0 of the step's input."""
+        self.leader = TopicPartition(step.from_, 0)
 
     async def start(self, consumer: AIOKafkaConsumer, outputs: KafkaOutputs) -> None:
         await super().start(consumer, outputs)
-        self.redis = aioredis.from_url(self.redis_url)
+        timeout = self.retry.reply_timeout_s
+        self.redis = aioredis.from_url(
+            self.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
         await self.redis.ping()
-        self.table = RedisTableSink(self.redis, self.pipeline, self.step)
+        self.table = RedisTableSink(self.redis, self.pipeline, self.step, self.watermark_fields)
+        if self.step.emits_windows():
+            bootstrap, security = self.kafka
+            if not bootstrap:
+                raise ValueError(f"step {self.step.name} emits windows but has no Kafka")
+            self.emitter = WindowEmitter(self.pipeline, self.step, self.redis, bootstrap, security)
 
     def health(self) -> tuple[bool, str] | None:
         if self.failing is not None:
@@ -175,7 +209,7 @@ class RedisCheckpoint(Durability):
             if tp in resume:
                 self.fresh.pop(tp, None)
                 # A predecessor's rebuild this worker continues.
-                reached = status.get(f"rebuilding:{tp.topic}:{tp.partition}".encode())
+                reached = status.get(serving.rebuilding_field(tp.topic, tp.partition).encode())
                 if reached is not None and resume[tp][0] < int(reached):
                     self.rebuilding[tp] = int(reached)
                     self._count_rebuilding()
@@ -187,6 +221,9 @@ class RedisCheckpoint(Durability):
             else:
                 self.fresh[tp] = earliest
                 resume[tp] = (earliest, None)
+        if self.emitter is not None and self.leader in partitions:
+            self._stop_emitting()
+            self.emitting = asyncio.create_task(self.emitter.run())
         return resume
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
@@ -194,8 +231,42 @@ class RedisCheckpoint(Durability):
         for tp in partitions:
             if self.rebuilding.pop(tp, None) is not None:
                 self._count_rebuilding()
+        if self.leader in partitions:
+            # Its next owner's emitter fences this one; stopping it first spares a
+            # transaction that would be aborted.
+            self._stop_emitting()
+
+    def _stop_emitting(self) -> None:
+        if self.emitting is not None:
+            self.emitting.cancel()
+            self.emitting = None
+
+    def _check_emitter(self) -> None:
+        """An emitter that failed ends the worker (the error says why), unless a newer
+        emitter fenced it: then that one moves the records."""
+        task = self.emitting
+        if task is None or not task.done() or task.cancelled():
+            return
+        self.emitting = None
+        err = task.exception()
+        if isinstance(err, ProducerFenced):
+            log.warning("step %s: another worker's emitter took over the window records",
+                        self.step.name)  # fmt: skip
+        elif err is not None:
+            raise err
+
+    async def idle(self) -> None:
+        self._check_emitter()
+        await self._read_marks()
+
+    async def _read_marks(self) -> None:
+        """The other partitions' watermarks and activity, for window.idleTimeout."""
+        if self.idleness is not None and self.idleness.stale():
+            assert self.redis is not None
+            self.idleness.note_marks(await self.redis.hgetall(self.table.checkpoint))
 
     async def write(self, results: list[PartitionResult]) -> Resume:
+        self._check_emitter()
         await self.outputs.send(results)
         resume: Resume = {}
         pending = {r.partition: r for r in results}
@@ -235,6 +306,7 @@ class RedisCheckpoint(Durability):
         self._uncommitted.update(next_offsets(results))
         if time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
             await self._commit()
+        await self._read_marks()
         return resume
 
     async def flush(self) -> None:
@@ -242,6 +314,15 @@ class RedisCheckpoint(Durability):
             await self._commit()
 
     async def close(self) -> None:
+        task, self.emitting = self.emitting, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, ProducerFenced):
+                pass
+            except Exception as err:  # stopping anyway; the next emitter resumes
+                log.warning("step %s: window emitter ended with %r", self.step.name, err)
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -263,7 +344,9 @@ class RedisCheckpoint(Durability):
                 del self.rebuilding[tp]
                 self._count_rebuilding()
                 assert self.redis is not None
-                await self.redis.hdel(self.table.status, f"rebuilding:{r.rng.field}")
+                await self.redis.hdel(
+                    self.table.status, serving.rebuilding_field(tp.topic, tp.partition)
+                )
                 log.info("table %s: partition %s rebuilt up to offset %d", self.table.table,
                          tp, r.rng.next)  # fmt: skip
         elif tp not in self.consumer.assignment():
@@ -309,7 +392,6 @@ class RedisCheckpoint(Durability):
         replay the partition from the earliest offset Kafka still holds."""
         assert self.redis is not None
         earliest = await self._earliest(tp)
-        field = f"{tp.topic}:{tp.partition}"
         self.fresh[tp] = earliest
         self.rebuilding[tp] = reached
         self._count_rebuilding()
@@ -320,13 +402,13 @@ class RedisCheckpoint(Durability):
             self.table.table, tp, reached, earliest,
         )  # fmt: skip
         # Hash values are strings; the offset reached is kept as its decimal text.
-        status: dict[str, str] = {f"rebuilding:{field}": str(reached)}
+        status: dict[str, str] = {serving.rebuilding_field(tp.topic, tp.partition): str(reached)}
         if earliest > 0:
             # Kafka deleted the beginning: the rebuilt windows or rows from before the
             # earliest offset are incomplete, and readers are told so.
-            status[f"incomplete:{field}"] = orjson.dumps(
-                {"missing_before_offset": earliest, "detected_ms": int(time.time() * 1000)}
-            ).decode()
+            status[serving.incomplete_field(tp.topic, tp.partition)] = serving.incomplete_value(
+                earliest, int(time.time() * 1000)
+            )
             log.error(
                 "table %s: Kafka no longer holds offsets before %d of %s: what they held "
                 "is missing from the rebuilt table (marked in %s)",
@@ -360,12 +442,25 @@ class RedisCheckpoint(Durability):
         assert self.redis is not None
         pipe = self.redis.pipeline(transaction=False)
         updates: list[list[Any]]
+        # With window.idleTimeout a batch with events says when it came (steps.idleness).
+        seen = now_ms() if self.idleness is not None else None
         for r in results:
             tp = r.partition
             fresh = self.fresh.get(tp) == r.rng.first
+            seen_ms = seen if r.records else None
             if tp in give_up:
                 await self.table.skip(pipe, r.rng, starts_fresh=fresh)
-            elif r.windows is not None and self.windows is not None:
+            elif isinstance(r.windows, SessionBatch) and self.sessions is not None:
+                await self.table.apply_sessions(
+                    pipe,
+                    r.rng,
+                    self.sessions.updates(r.windows),
+                    self.sessions,
+                    r.watermark,
+                    starts_fresh=fresh,
+                    seen_ms=seen_ms,
+                )
+            elif isinstance(r.windows, WindowBatch) and self.windows is not None:
                 updates = [
                     [key, str(start), partial_to_wire(partial)]
                     for (key, start), partial in r.windows.partials.items()
@@ -382,14 +477,19 @@ class RedisCheckpoint(Durability):
                     self.windows.retain,
                     r.watermark,
                     starts_fresh=fresh,
+                    seen_ms=seen_ms,
                 )
             elif self.latest is not None:
                 updates = [[k, ts, body] for k, (ts, body) in r.latest.items()]
                 await self.table.apply_latest(
                     pipe, r.rng, updates, self.latest.expire_after_ms, starts_fresh=fresh
                 )
+        if self.windows is not None or self.sessions is not None:
+            self.table.announce(pipe)  # its reply is not an outcome: cut off below
         try:
             replies = await pipe.execute(raise_on_error=False)
         except RedisError as err:  # the connection, not one script: all may be retried
             return [err] * len(results)
-        return [e if isinstance(e, BaseException) else write_outcome(e) for e in replies]
+        return [
+            e if isinstance(e, BaseException) else write_outcome(e) for e in replies[: len(results)]
+        ]
