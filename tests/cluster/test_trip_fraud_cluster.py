@@ -176,10 +176,13 @@ def test_trip_fraud_on_the_cluster(
         example.pipeline["spec"]["image"] = agent_image
         del step(example.pipeline, FAUST_STEP)["faust"]["code"]
         apply(kube_node, example)
+        # The image change rolls all six Deployments at once (a surge pod each beside the
+        # old one) on a node that shares two cores with the rest of the suite: more time.
         pods = wait_running(
             node_api_client,
             example,
             DEPLOYMENTS,
+            timeout=360,
             accept=lambda pod: all(c.image == agent_image for c in pod.spec.containers),
         )
         (faust_pod,) = [p for p in pods if p.metadata.name.startswith(f"{faust_step.deployment}-")]
