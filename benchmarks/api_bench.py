@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
+import json
 import random
 import re
 import shutil
@@ -32,6 +32,7 @@ import httpx
 import redis.asyncio as aioredis
 import yaml
 
+from flowmill.local import find_binary
 from flowmill.local.ports import free_port
 from flowmill.local.redis import EmbeddedRedis
 from flowmill.manifest import parse_pipeline
@@ -148,104 +149,30 @@ async def python_load(url: str, connections: int, duration: float, name: str) ->
     )
 
 
-class _Paced(asyncio.Protocol):
-    """One keep-alive connection of paced_load: sends each request when it is due, or at
-    once when the previous answer came after that, and times it from when it was due."""
-
-    def __init__(self, request: bytes, due: list[float], latencies: list[float]) -> None:
-        self.request = request
-        self.due = due  # this connection's due times (perf_counter), in order
-        self.latencies = latencies
-        self.next = 0
-        self.buffer = b""
-        self.errors = 0
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if self.next >= len(self.due):
-            self.done.set_result(None)
-            return
-        loop = asyncio.get_running_loop()
-        wait = self.due[self.next] - time.perf_counter()
-        if wait > 0:
-            loop.call_later(wait, self._send)
-        else:
-            self._send()
-
-    def _send(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        head_end = self.buffer.find(b"\r\n\r\n")
-        if head_end < 0:
-            return
-        head = self.buffer[:head_end]
-        m = re.search(rb"content-length: (\d+)", head, re.I)
-        end = head_end + 4 + (int(m.group(1)) if m else 0)
-        if len(self.buffer) < end:
-            return
-        self.latencies.append(time.perf_counter() - self.due[self.next])
-        if not head.startswith(b"HTTP/1.1 200"):
-            self.errors += 1
-        self.buffer = self.buffer[end:]
-        self.next += 1
-        self._schedule()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc or ConnectionError("the server closed the connection"))
-
-
-async def paced_load(url: str, connections: int, rate: float, duration: float, name: str) -> Result:
-    """Open loop at a fixed offered rate, as wrk2 -R does: request i is due at start + i/rate
-    on connection i % connections, and its latency runs from when it was due, not from
-    when it was sent, so time a request waited behind a slow answer counts (a closed
-    loop, which sends only once an answer is in, leaves that out). The client's timers
-    fire on millisecond ticks, so each figure includes up to about 1 ms of the client's
-    own lateness, the same for every contender. req/s is the rate achieved."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
-    request = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    loop = asyncio.get_running_loop()
-    total = int(rate * duration)
-    start = time.perf_counter() + 0.2  # past the connects
-    latencies: list[float] = []
-    conns = []
-    for c in range(connections):
-        due = [start + i / rate for i in range(c, total, connections)]
-        _, proto = await loop.create_connection(
-            functools.partial(_Paced, request, due, latencies), host, port
+def vegeta_paced(url: str, connections: int, rate: float, duration: float, name: str) -> Result:
+    """Open loop at a fixed offered rate with vegeta (Go): requests leave on schedule
+    whatever the answers take (a worker busy with a slow answer does not hold the next
+    one back; at most `connections` are open, and a request waiting for one counts that
+    wait), so p99 includes the queueing a closed loop leaves out, as wrk2 -R measures."""
+    vegeta = str(find_binary("vegeta"))
+    with tempfile.NamedTemporaryFile(suffix=".bin") as out:
+        subprocess.run(
+            [vegeta, "attack", f"-rate={int(rate)}/1s", f"-duration={duration}s",
+             f"-max-connections={connections}", "-http2=false", "-timeout=10s",
+             f"-output={out.name}"],
+            input=f"GET {url}\n".encode(), check=True, capture_output=True,
+        )  # fmt: skip
+        done = subprocess.run(
+            [vegeta, "report", "-type=json", out.name], check=True, capture_output=True
         )
-        conns.append(proto)
-    try:
-        await asyncio.gather(*(p.done for p in conns))
-    finally:
-        for p in conns:
-            if p.transport is not None:
-                p.transport.close()
-    elapsed = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100)
-    errors = sum(p.errors for p in conns)
+    report = json.loads(done.stdout)
+    latencies = report["latencies"]
+    codes = report.get("status_codes") or {}
+    ok = int(codes.get("200", 0))
     return Result(
-        name, len(latencies) / elapsed, q[49] * 1000, q[98] * 1000, len(latencies), errors
-    )
-
-
-def paced(url: str, connections: int, rate: float, duration: float, name: str) -> Result:
-    """paced_load on uvloop when installed (its timers and sockets cost the client less)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(paced_load(url, connections, rate, duration, name))
-    return uvloop.run(paced_load(url, connections, rate, duration, name))
+        name, report["throughput"], latencies["50th"] / 1e6, latencies["99th"] / 1e6,
+        int(report["requests"]), int(report["requests"]) - ok,
+    )  # fmt: skip
 
 
 def wrk_load(url: str, connections: int, duration: float, name: str) -> Result:

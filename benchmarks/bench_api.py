@@ -14,10 +14,11 @@ each connection sends its next request when the last answer is in, so req/s is t
 a process serves, and p50/p99 there are the queue of 16 requests at saturation, not a
 latency anyone would see below it. Rows "..., N req/s offered": open loop at a fixed rate
 N = PACED_SHARE of the bare app's closed-loop req/s in this run, offered to the bare app
-and to flowmill alike (api_bench.paced_load: requests due at fixed times whatever the
-answers take, timed from when due, as wrk2 -R; Debian's wrk has no fixed rate). Its
-client is Python and shares the 2 cores with the server under test, so its lateness (up
-to about 1 ms of timer ticks) is in every paced figure, the bare app's too.
+and to flowmill alike by vegeta (api_bench.vegeta_paced: requests leave on schedule
+whatever the answers take, so queueing behind a slow answer counts, as wrk2 -R; Debian's
+wrk has no fixed rate). It is Go, so at the paced rate it takes far less of the 2 cores
+the server under test shares than a Python client did (whose timer lateness, up to about
+1 ms, was in every paced figure).
 
 The target (issue #14): the window lookup's closed-loop req/s >= PACED_SHARE of the bare
 app's, and its p99 at the offered rate <= TARGET_P99_MS; `target_met` in the results says
@@ -206,7 +207,7 @@ def measure(
                             label,
                             url,
                             functools.partial(
-                                api_bench.paced, url, connections, offered, duration, label
+                                api_bench.vegeta_paced, url, connections, offered, duration, label
                             ),
                         )
                     )
@@ -240,7 +241,7 @@ def measure(
     lookup_paced = by_name[paced_names[scenarios[2][0]]]
     return {
         "load": ("wrk -t1" if use_wrk else "asyncio HTTP/1.1 client")
-        + f" (closed loop); rows at {offered:,.0f} req/s offered: open loop, asyncio client",
+        + f" (closed loop); rows at {offered:,.0f} req/s offered: open loop, vegeta",
         "connections": connections,
         "offered_req_per_s": offered,
         "target_met": lookup_row["pct_of_bare_asgi"] >= 100 * PACED_SHARE

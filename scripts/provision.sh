@@ -27,6 +27,7 @@ SKAFFOLD_VERSION=v2.16.1
 SEAWEEDFS_VERSION=v0.0.0-20261109003541-7506e5f91cd6
 CONTAINERD_VERSION=v2.4.2
 CRICTL_VERSION=v1.34.0
+VEGETA_VERSION=v12.12.0
 
 mkdir -p "$BIN"
 
@@ -95,6 +96,7 @@ provision_bench() {
   # aiokafka, confluent-kafka and orjson versions, which must not move flowmill's), plus wrk
   # as the HTTP load generator (a Python client would be the bottleneck against a bare app).
   apt_install wrk
+  provision_vegeta
   local env=$CACHE/bench-peers want
   want=$(sha256sum "$HERE/bench-peers.txt" | cut -c1-16)
   if have_stamp bench-peers "$want" && [ -x "$env/bin/python" ]; then
@@ -107,6 +109,19 @@ provision_bench() {
   "$env/bin/pip" install -q --upgrade pip >/dev/null
   "$env/bin/pip" install -q -r "$HERE/bench-peers.txt"
   put_stamp bench-peers "$want"
+}
+
+provision_vegeta() {
+  # The API rows' open-loop load (a fixed offered rate, as wrk2 -R; Debian's wrk has no
+  # rate): Go, so at the paced rate the client costs the shared cores far less than Python.
+  if have_stamp vegeta "$VEGETA_VERSION" && [ -x "$BIN/vegeta" ]; then
+    say "vegeta $VEGETA_VERSION: present"
+    return
+  fi
+  say "vegeta $VEGETA_VERSION: building from the Go module proxy"
+  CGO_ENABLED=0 GOBIN="$BIN" go install -trimpath -ldflags "-s -w" \
+    "github.com/tsenart/vegeta/v12@$VEGETA_VERSION"
+  put_stamp vegeta "$VEGETA_VERSION"
 }
 
 provision_chromium() {
