@@ -169,7 +169,7 @@ def markdown(results: dict[str, Any]) -> str:
     if "memory" in results:
         mem = results["memory"]
         lines += [
-            f"**Memory per open key** (one event per key, keys {mem['keys'][0]:,} -> {mem['keys'][1]:,}): "
+            f"**Memory per open key** ({mem['events']:,} events over {mem['keys'][0]:,} -> {mem['keys'][1]:,} keys, one open window each): "
             f"worker peak RSS {_n(mem['worker_peak_rss_mb'][0])} -> {_n(mem['worker_peak_rss_mb'][1])} MB "
             f"({_n(mem['worker_bytes_per_key'], 1)} bytes per key); Redis {_n(mem['redis_bytes_per_key'])} "
             f"bytes per key (the window hash, its indexes and top-N sets)"

@@ -94,19 +94,20 @@ def expected_windows(data: list[tuple[str, bytes, int]]) -> dict[str, list[float
 
 
 async def produce(
-    bootstrap: str, topic: str, data: list[tuple[str, bytes, int]]
+    bootstrap: str, topic: str, data: list[tuple[str, bytes, int]], close: bool = True
 ) -> tuple[int, int]:
-    """The events keyed by region, then one closing event per key two windows after the
-    last (peers that emit only closed windows close a key's window on a later event of
-    that key). Returns the total and the closing events' window start: windows from there
-    on are left out of the checks (open ones are not emitted by every contender)."""
+    """The events keyed by region, then (with `close`) one closing event per key two
+    windows after the last (peers that emit only closed windows close a key's window on a
+    later event of that key). Returns the total and the closing events' window start:
+    windows from there on are left out of the checks (open ones are not emitted by every
+    contender)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
     )
     await producer.start()
     last = data[-1][2] if data else BASE_MS
     closing = last + 2 * MINUTE_MS
-    keys = list(dict.fromkeys(key for key, _, _ in data))
+    keys = list(dict.fromkeys(key for key, _, _ in data)) if close else []
     try:
         pending = []
         for key, value, _ in data:
@@ -287,51 +288,55 @@ def memory_per_key(
     key_counts: tuple[int, int],
     log: Any,
 ) -> dict[str, Any]:
-    """The flowmill step's peak RSS, and Redis's memory, after one event per key for a few
-    keys and for many: the difference per key. (A window step keeps no per-key state
-    between batches: the table lives in Redis, which is where memory per key goes.)"""
+    """The flowmill step's peak RSS, and Redis's memory, after the same events (as many as
+    the larger key count) over a few keys and over many, each key one open window: the
+    difference per key. The event count is the same so that batch sizes, fetch buffers and
+    the number of batches in flight are too; only the keys differ. (A window step keeps
+    no per-key state between batches: the table lives in Redis, where memory per key goes.)"""
     import redis
 
     flowmill = next(c for c in CONTENDERS_ALL if c.script == "flowmill_step.py")
     client = redis.Redis.from_url(redis_url)
-    out: dict[str, Any] = {}
+    events = max(key_counts)
     measured = []
     for keys in key_counts:
         topic = f"mem-{keys}-{time.time_ns() % 10**9}"
         create_topic(topic, PARTITIONS)
         rng = random.Random(keys)
         data = []
-        # Every event in the one minute after BASE_MS's (not BASE_MS's own, 40 s into
-        # its minute: wrapping back into that window after the watermark passed its end
-        # made a fifth of each 50,000 events late and dropped): one open window per key.
+        # Every event in one minute's window (BASE_MS itself is 40 s into its minute, so
+        # times wrapping back there would be late once the watermark passed its end).
         first = BASE_MS - BASE_MS % MINUTE_MS + MINUTE_MS
-        for i in range(keys):
+        for i in range(events):
             ts = first + i % 50_000
-            value = {"region_id": f"k{i}", "fare": round(rng.uniform(3, 60), 2), "event_time": ts}
-            data.append((f"k{i}", json.dumps(value).encode(), ts))
-        total, closing = asyncio.run(produce(bootstrap, topic, data))
+            key = f"k{i % keys}"
+            value = {"region_id": key, "fare": round(rng.uniform(3, 60), 2), "event_time": ts}
+            data.append((key, json.dumps(value).encode(), ts))
+        # No closing events: they would open a second window per key.
+        total, closing = asyncio.run(produce(bootstrap, topic, data, close=False))
         _flush(client)
         before = int(client.info("memory")["used_memory"])
         cfg = {"bootstrap": bootstrap, "redis_url": redis_url, "topic": topic,
                "partitions": PARTITIONS, "total": total, "closing": closing, "workdir": str(workdir),
                "group": f"mem-{keys}-{time.time_ns()}"}  # fmt: skip
-        run = run_contender(flowmill, python, cfg, expected_windows(data), 120 + keys / 2_000)
+        run = run_contender(flowmill, python, cfg, expected_windows(data), 120 + events / 2_000)
         redis_bytes = int(client.info("memory")["used_memory"]) - before
         measured.append((keys, run.peak_rss_mb, redis_bytes, run.ok, run.problem))
-        log(f"memory: {keys:,} keys, worker peak RSS {run.peak_rss_mb:.0f} MB, Redis "
-            f"+{redis_bytes / 2**20:.0f} MB" + ("" if run.ok else f" FAILED: {run.problem}"))  # fmt: skip
+        log(f"memory: {events:,} events over {keys:,} keys, worker peak RSS "
+            f"{run.peak_rss_mb:.0f} MB, Redis +{redis_bytes / 2**20:.0f} MB"
+            + ("" if run.ok else f" FAILED: {run.problem}"))  # fmt: skip
     _flush(client)
     client.close()
-    (k0, rss0, _, ok0, _), (k1, rss1, r1, ok1, _) = measured
-    out = {
+    (k0, rss0, r0, ok0, _), (k1, rss1, r1, ok1, _) = measured
+    return {
+        "events": events,
         "keys": [k0, k1],
         "worker_peak_rss_mb": [rss0, rss1],
         "worker_bytes_per_key": (rss1 - rss0) * 2**20 / (k1 - k0),
-        "redis_bytes_per_key": r1 / k1,
+        "redis_bytes_per_key": (r1 - r0) / (k1 - k0),
         "checked": ok0 and ok1,
         "problems": [m[4] for m in measured if m[4]],
     }
-    return out
 
 
 def main() -> int:
