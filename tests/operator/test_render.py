@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import create_model
 
 from flowmill.manifest import load_pipelines, parse_pipeline
 from flowmill.spec import (
@@ -21,6 +22,7 @@ from flowmill.spec import (
 )
 from flowmill_operator import naming
 from flowmill_operator.render import Manifest, RenderError, render
+from flowmill_operator.render.config import spec_hash
 from flowmill_operator.settings import RenderSettings
 from tests.operator.fixtures import TEST_RENDER
 from tests.operator.helpers import ROOT, example_files, example_ids
@@ -368,6 +370,32 @@ def test_spec_hash_follows_what_workers_compute_not_scaling() -> None:
     assert render(edited(SKETCH, window), SETTINGS).spec_hash != base
     assert render(edited(SKETCH, scaling), SETTINGS).spec_hash == base
     assert render(load(SKETCH), SETTINGS).spec_hash == base  # deterministic
+
+
+def test_spec_hash_leaves_defaults_out() -> None:
+    """An operator upgrade that adds a field whose default is the old behaviour (as
+    `sink.kafka.timestamp` was added) keeps every Pipeline's hash, so no pods roll; a
+    default written out hashes as if omitted; a value that differs changes it."""
+    pipeline = load(SKETCH)
+    base = spec_hash(pipeline, "default")
+    spec_model = type(pipeline.spec)
+    upgraded_model = create_model(
+        "UpgradedSpec", __base__=spec_model, future_option=(str, "as before")
+    )
+    upgraded = pipeline.model_copy(
+        update={"spec": upgraded_model.model_validate(pipeline.spec.to_manifest())}
+    )
+    assert upgraded.spec.future_option == "as before"  # type: ignore[attr-defined]
+    assert spec_hash(upgraded, "default") == base
+
+    def written_out(doc: dict[str, Any]) -> None:
+        doc["spec"]["steps"][0]["sink"]["redis"]["publish"] = True  # the default
+
+    def changed(doc: dict[str, Any]) -> None:
+        doc["spec"]["steps"][0]["sink"]["redis"]["publish"] = False
+
+    assert spec_hash(edited(SKETCH, written_out), "default") == base
+    assert spec_hash(edited(SKETCH, changed), "default") != base
 
 
 def test_cluster_only_requirements_name_their_field() -> None:

@@ -29,9 +29,14 @@ def spec_hash(pipeline: Pipeline, namespace: str) -> str:
 
     Scaling fields (replicas, autoscaling, paused) are left out: they change the Deployment or its
     autoscaler, and restarting every worker for them would only cause a rebalance.
+    Defaults are left out too: an operator upgrade that adds a field whose default is the
+    behaviour so far must not roll every Pipeline's pods, and a default written out hashes
+    as if omitted (the pods would compute the same).
     """
-    document = normalized_document(pipeline, namespace)
-    spec = document["spec"]
+    spec = pipeline.spec.model_dump(
+        by_alias=True, exclude_none=True, exclude_defaults=True, mode="json"
+    )
+    document = {**normalized_document(pipeline, namespace), "spec": spec}
     for step in spec.get("steps", []):
         step.pop("replicas", None)
         step.pop("autoscaling", None)
