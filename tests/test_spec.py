@@ -256,7 +256,7 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
     ),
     (
         "a window record timestamp on events",
-        _set("spec.steps.0.sink.kafka", {"topic": "trips", "timestamp": "emitted"}),
+        _set("spec.steps.0.sink.kafka", {"topic": "trips", "timestamp": "start"}),
         "spec.steps[0].sink.kafka",
         "sink.kafka.timestamp stamps window records: set emit updates or final",
     ),

@@ -54,7 +54,7 @@ class KafkaSink(SpecModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel_rule(
-                    "!has(self.timestamp) || self.timestamp == 'start' || "
+                    "!has(self.timestamp) || self.timestamp == 'emitted' || "
                     "(has(self.emit) && self.emit != 'events')",
                     TIMESTAMP_NEEDS_WINDOW_RECORDS,
                     ".timestamp",
@@ -77,17 +77,17 @@ class KafkaSink(SpecModel):
     `final` and `watermark`; its timestamp is set by `timestamp`. Written in Kafka
     transactions from the table's own fenced writes, so read_committed consumers see each
     window record exactly once, also after a crash."""
-    timestamp: Literal["start", "end", "emitted"] = "start"
-    """The Kafka timestamp of a window record (emit updates or final): `start`, the
-    window's start; `end`, its last millisecond (end - 1, so the record falls inside its
-    own window, as Flink stamps window results); `emitted`, the moment it is written.
+    timestamp: Literal["emitted", "start", "end"] = "emitted"
+    """The Kafka timestamp of a window record (emit updates or final): `emitted`, the
+    moment it is written; `start`, the window's start; `end`, its last millisecond
+    (end - 1, so the record falls inside its own window, as Flink stamps window results).
     Kafka's retention counts from record timestamps, so windows of old data (a replay)
-    stamped `start` or `end` may be deleted at once; `emitted` keeps them for the
-    topic's retention.ms."""
+    stamped `start` or `end` may be deleted by the broker before anyone reads them;
+    hence the default, which keeps them for the topic's retention.ms."""
 
     @model_validator(mode="after")
     def _timestamp_of_window_records(self) -> Self:
-        if self.timestamp != "start" and self.emit == "events":
+        if self.timestamp != "emitted" and self.emit == "events":
             raise ValueError(TIMESTAMP_NEEDS_WINDOW_RECORDS)
         return self
 

@@ -38,9 +38,9 @@ from tests.workers.harness import (
 )
 from tests.workers.test_step_windows import read_windows
 
-# An hour boundary a day ago: the records' timestamps are their windows' starts, and a
-# fixed date over a week old let the broker's retention (7 days, by record timestamp)
-# delete the first records' segment mid-test.
+# An hour boundary a day ago: the kill -9 test stamps records with their windows' starts,
+# and a fixed date over a week old let the broker's retention (7 days, by record
+# timestamp) delete the first records' segment mid-test.
 BASE_MS = (lambda now: now - now % 3_600_000 - 24 * 3_600_000)(int(time.time() * 1000))
 MIN, HOUR = 60_000, 3_600_000
 Windows = dict[tuple[str, int], dict[str, float]]
@@ -70,7 +70,7 @@ def minute_step(name: str, table: str, out: str, emit: str, **window: Any) -> di
     }
 
 
-def records_of(records: list[Any], stamp: str = "start", since_ms: int = 0) -> list[dict[str, Any]]:
+def records_of(records: list[Any], stamp: str = "emitted", since_ms: int = 0) -> list[dict[str, Any]]:
     """The records' values, each checked for its key and its timestamp (sink.kafka.timestamp:
     `emitted` is a time between `since_ms` and now)."""
     out = []
@@ -128,11 +128,13 @@ async def test_final_windows_once_through_kill_9_and_an_hourly_rollup(
     tmp_path: Path,
 ) -> None:
     name = unique("emit")
+    minutes = minute_step("minutes", "m", "minutes-out", "final")
+    minutes["sink"]["kafka"]["timestamp"] = "start"
     p = _pipeline(
         name,
         _topics(("minutes-out", 1), partitions=2),
         [
-            minute_step("minutes", "m", "minutes-out", "final"),
+            minutes,
             # The rollup reads the minute records: an hour's count is the sum of its
             # minutes' counts, its sum their sums, its max their maxima.
             {
@@ -179,7 +181,7 @@ async def test_final_windows_once_through_kill_9_and_an_hourly_rollup(
         got = await consume_all(bootstrap, f"{name}-minutes-out", len(want), timeout=90, settle=1.5)
     finally:
         stop_worker(worker, log)
-    assert_records(records_of(got), want, MIN)
+    assert_records(records_of(got, "start"), want, MIN)
 
     await run_step(p, "hours", bootstrap, redis_server.url, len(want))
     hours = {
