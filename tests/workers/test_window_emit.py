@@ -70,7 +70,9 @@ def minute_step(name: str, table: str, out: str, emit: str, **window: Any) -> di
     }
 
 
-def records_of(records: list[Any], stamp: str = "emitted", since_ms: int = 0) -> list[dict[str, Any]]:
+def records_of(
+    records: list[Any], stamp: str = "emitted", since_ms: int = 0
+) -> list[dict[str, Any]]:
     """The records' values, each checked for its key and its timestamp (sink.kafka.timestamp:
     `emitted` is a time between `since_ms` and now)."""
     out = []
