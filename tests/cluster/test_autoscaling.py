@@ -35,8 +35,8 @@ STEP = "tag"
 BURST = 120_000
 LAG_PER_REPLICA = 2_000
 SCALE_DOWN = "20s"
-# A small CPU limit makes one worker (about 1,500 events/s at 100m) slower than the test's
-# producer (about 5,000/s), so the burst builds a lag that outlasts the HPA's reaction and
+# A small CPU limit makes one worker (1,500-2,000 events/s at 100m) slower than the test's
+# producer (tests.workers.harness.produce, large batches: well over 10,000/s), so the burst builds a lag that outlasts the HPA's reaction and
 # the new pods' start.
 WORKER_RESOURCES = {
     "requests": {"cpu": "100m", "memory": "192Mi"},
