@@ -282,8 +282,12 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
     cluster.patch_pipeline(op_namespace, name, spec)
 
     hourly = naming.step_deployment(name, "by-region-hourly")
-    wait_for(lambda: cluster.deployment(op_namespace, hourly), 5, "the new step's Deployment")
-    wait_for(lambda: cluster.hpa(op_namespace, hourly), 5, "the new step's HPA")
+    wait_for(
+        lambda: cluster.deployment(op_namespace, hourly),
+        CHILDREN_TIMEOUT,
+        "the new step's Deployment",
+    )
+    wait_for(lambda: cluster.hpa(op_namespace, hourly), CHILDREN_TIMEOUT, "the new step's HPA")
     topic = wait_for(
         lambda: (
             (t := cluster.topic(op_namespace, naming.kafka_topic_resource(name, "trips")))["spec"][
@@ -292,7 +296,7 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
             == 12
             and t
         ),
-        5,
+        CHILDREN_TIMEOUT,
         "the KafkaTopic to get 12 partitions",
     )
     assert topic["spec"]["topicName"] == "trips"
@@ -333,7 +337,7 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
             else None
         )
 
-    status = wait_for(reconciled, 5, "status of generation 2")
+    status = wait_for(reconciled, CHILDREN_TIMEOUT, "status of generation 2")
     by_step = {s["name"]: s for s in status["steps"]}
     assert by_step["by-region"]["maxReplicas"] == 12
     assert "capped at the 12 partitions" in by_step["by-region"]["message"]
@@ -368,7 +372,7 @@ def test_removing_a_step_removes_its_deployment_and_hpa(
             e["reason"] == "Pruned" and second in e["message"]
             for e in cluster.events(op_namespace, name)
         ),
-        5,
+        CHILDREN_TIMEOUT,
         "a Pruned event",
     )
 
@@ -396,7 +400,7 @@ def test_drift_is_corrected_but_the_hpa_is_not_fought(
             e["reason"] == "DriftCorrected" and step in e["message"]
             for e in cluster.events(op_namespace, name)
         ),
-        5,
+        CHILDREN_TIMEOUT,
         "a DriftCorrected event",
     )
 
@@ -458,7 +462,7 @@ def test_invalid_spec_is_reported_on_its_field_with_no_children(
             e["type"] == "Warning" and "spec.steps[0].aggregate.trips" in e["message"]
             for e in cluster.events(op_namespace, name)
         ),
-        5,
+        CHILDREN_TIMEOUT,
         "a Warning event naming the field",
     )
 
