@@ -18,13 +18,22 @@ from tests.faust.harness import expected_flags, faust_manifest, metrics, valid_t
 from tests.harness.waiting import wait_for
 
 
-async def _produce(bootstrap: str, topic: str, events: list[dict[str, object]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+async def _produce(
+    bootstrap: str, topic: str, events: list[dict[str, object]], *, aborted: bool = False
+) -> None:
+    """`events` keyed by rider; `aborted`: in a transaction that is then aborted, as a
+    killed upstream step's batch is (the records stay in the log, marked aborted)."""
+    txn = f"abort-{topic}" if aborted else None
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=txn)
     await producer.start()
     try:
+        if aborted:
+            await producer.begin_transaction()
         for event in events:
             await producer.send(topic, orjson.dumps(event), key=str(event["rider_id"]).encode())
         await producer.flush()
+        if aborted:
+            await producer.abort_transaction()
     finally:
         await producer.stop()
 
@@ -101,21 +110,6 @@ def test_a_module_that_is_not_there_names_the_app(
     assert "spec.steps[0].faust.app: cannot import no_such_rules" in log
 
 
-async def _abort(bootstrap: str, topic: str, events: list[dict[str, object]]) -> None:
-    """`events` written in a transaction that is then aborted, as a killed upstream step's
-    batch is: the records stay in the log, marked aborted."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"abort-{topic}")
-    await producer.start()
-    try:
-        await producer.begin_transaction()
-        for event in events:
-            await producer.send(topic, orjson.dumps(event), key=str(event["rider_id"]).encode())
-        await producer.flush()
-        await producer.abort_transaction()
-    finally:
-        await producer.stop()
-
-
 def test_records_of_an_aborted_upstream_transaction_never_reach_the_agent(
     kafka_broker: EmbeddedKafka, tmp_path: Path
 ) -> None:
@@ -132,7 +126,7 @@ def test_records_of_an_aborted_upstream_transaction_never_reach_the_agent(
     port = free_port()
     proc = worker(manifest, kafka_broker, port, tmp_path / "worker.log")
     try:
-        asyncio.run(_abort(kafka_broker.bootstrap_servers, source, ghost))
+        asyncio.run(_produce(kafka_broker.bootstrap_servers, source, ghost, aborted=True))
         asyncio.run(_produce(kafka_broker.bootstrap_servers, source, trips))
         counted = f'flowmill_events_in_total{{pipeline="{doc["metadata"]["name"]}",step="rules"}}'
 
