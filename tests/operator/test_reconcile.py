@@ -281,6 +281,18 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
     spec["steps"].append(added)  # a new step
     cluster.patch_pipeline(op_namespace, name, spec)
 
+    # The operator applies a reconcile's children concurrently and writes the status of
+    # the generation after all of them: read the children once it has.
+    def reconciled() -> dict[str, Any] | None:
+        status = cluster.pipeline(op_namespace, name).get("status") or {}
+        return (
+            status
+            if status.get("observedGeneration") == 2 and len(status.get("steps", [])) == 2
+            else None
+        )
+
+    status = wait_for(reconciled, CHILDREN_TIMEOUT, "status of generation 2")
+
     hourly = naming.step_deployment(name, "by-region-hourly")
     wait_for(
         lambda: cluster.deployment(op_namespace, hourly),
@@ -329,15 +341,6 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
         "a second ReplicaSet for the changed pod template",
     )
 
-    def reconciled() -> dict[str, Any] | None:
-        status = cluster.pipeline(op_namespace, name).get("status") or {}
-        return (
-            status
-            if status.get("observedGeneration") == 2 and len(status.get("steps", [])) == 2
-            else None
-        )
-
-    status = wait_for(reconciled, CHILDREN_TIMEOUT, "status of generation 2")
     by_step = {s["name"]: s for s in status["steps"]}
     assert by_step["by-region"]["maxReplicas"] == 12
     assert "capped at the 12 partitions" in by_step["by-region"]["message"]
