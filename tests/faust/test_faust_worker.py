@@ -18,22 +18,13 @@ from tests.faust.harness import expected_flags, faust_manifest, metrics, valid_t
 from tests.harness.waiting import wait_for
 
 
-async def _produce(
-    bootstrap: str, topic: str, events: list[dict[str, object]], *, aborted: bool = False
-) -> None:
-    """`events` keyed by rider; `aborted`: in a transaction that is then aborted, as a
-    killed upstream step's batch is (the records stay in the log, marked aborted)."""
-    txn = f"abort-{topic}" if aborted else None
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=txn)
+async def _produce(bootstrap: str, topic: str, events: list[dict[str, object]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        if aborted:
-            await producer.begin_transaction()
         for event in events:
             await producer.send(topic, orjson.dumps(event), key=str(event["rider_id"]).encode())
         await producer.flush()
-        if aborted:
-            await producer.abort_transaction()
     finally:
         await producer.stop()
 
@@ -108,43 +99,3 @@ def test_a_module_that_is_not_there_names_the_app(
 ) -> None:
     log = _fails_fast(tmp_path, kafka_broker, app="no_such_rules:app")
     assert "spec.steps[0].faust.app: cannot import no_such_rules" in log
-
-
-def test_records_of_an_aborted_upstream_transaction_never_reach_the_agent(
-    kafka_broker: EmbeddedKafka, tmp_path: Path
-) -> None:
-    manifest, doc = faust_manifest(tmp_path, kafka_broker)
-    source, sink = (t["name"] for t in doc["spec"]["topics"])
-    trips = valid_trips()
-    # Four trips of one rider within a minute: read, they would flag a burst.
-    first = trips[0]
-    ghost = [{**first, "rider_id": "rider_aborted", "trip_id": f"aborted-{i}"} for i in range(4)]
-    assert ("rider_aborted", "aborted-3", "burst") in expected_flags(ghost)
-    # Aborted trips of a real rider would change that rider's flags as well.
-    ghost += [{**t, "trip_id": f"aborted-{t['trip_id']}"} for t in trips[:20]]
-    expected = expected_flags(trips)
-    port = free_port()
-    proc = worker(manifest, kafka_broker, port, tmp_path / "worker.log")
-    try:
-        asyncio.run(_produce(kafka_broker.bootstrap_servers, source, ghost, aborted=True))
-        asyncio.run(_produce(kafka_broker.bootstrap_servers, source, trips))
-        counted = f'flowmill_events_in_total{{pipeline="{doc["metadata"]["name"]}",step="rules"}}'
-
-        def consumed() -> float:
-            for line in metrics(port).splitlines():
-                if line.startswith(counted + " "):
-                    return float(line.split()[-1])
-            return 0.0
-
-        def flagged() -> list[tuple[str, str, str]]:
-            flags = [r["event"] for r in read_topic(kafka_broker.bootstrap_servers, sink)]
-            return sorted((f["rider_id"], f["trip_id"], f["rule"]) for f in flags)
-
-        wait_for(lambda: consumed() >= len(trips), 60, "the worker consumed every trip")
-        # The flags of the last trips may still be on their way: until all are there.
-        wait_for(lambda: len(flagged()) >= len(expected), 30, "every flag")
-        assert flagged() == sorted(expected), "only committed trips are evaluated"
-        assert consumed() == len(trips)
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0, (tmp_path / "worker.log").read_text()[-3000:]

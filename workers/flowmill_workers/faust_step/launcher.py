@@ -18,7 +18,6 @@ from mode import BaseSignalT
 from flowmill.kafka_security import PLAINTEXT, KafkaClientSecurity
 from flowmill.spec import Pipeline, faust_app_id
 from flowmill_workers.faust_step.binding import BoundApp, FaustStepError, bind_app
-from flowmill_workers.faust_step.isolation import read_committed
 from flowmill_workers.faust_step.lag import LagReporter
 from flowmill_workers.faust_step.monitor import StepMonitor
 from flowmill_workers.runtime.http import WorkerHttp
@@ -45,7 +44,6 @@ def run_faust_step(
     except FaustStepError as err:
         print(f"flowmill worker: {err}", file=sys.stderr)
         return 1
-    read_committed()
     bound.app.monitor = StepMonitor(metrics, bound.input_topic, bound.output_topics)
     lag = LagReporter(
         metrics,
