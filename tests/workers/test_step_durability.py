@@ -25,6 +25,13 @@ from flowmill_workers.runtime.durability import (
 from flowmill_workers.runtime.step_runner import StepRunner, WorkerConfig
 from tests.harness.waiting import unique
 from tests.workers.harness import create_topics, pipeline, produce
+from tests.workers.test_step_windows import (
+    assert_same,
+    expected_windows,
+    read_windows,
+    trip_events,
+    window_spec,
+)
 
 TOPICS = [{"name": "in"}, {"name": "other"}, {"name": "out"}]
 
@@ -110,6 +117,47 @@ async def test_a_refused_write_resumes_from_the_checkpoint(
         await runner.stop()
     applied = redis_client.hkeys(serving.latest_key(name, "t"))
     assert sorted(int(k) for k in applied) == list(range(ahead, total))
+
+
+async def test_a_refused_merged_window_write_is_written_partition_by_partition(
+    kafka_broker: EmbeddedKafka, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """A window step writes its partitions' merged partials with one script that every
+    partition's checkpoint must fence in. Another worker (the test) moved partition 1's
+    checkpoint to `ahead`: that script is refused whole, each partition is then written
+    alone, so partitions 0 and 2 are applied in full and partition 1 from `ahead` on."""
+    name = unique("mfence")
+    p = pipeline(name, [{"name": name, "partitions": 3}], [window_spec("regions", name)])
+    create_topics(kafka_broker, p)
+    runner = StepRunner(
+        p, "by-region", WorkerConfig(kafka_broker.bootstrap_servers, redis_server.url)
+    )
+    checkpoint = serving.checkpoint_key(name, "by-region")
+    events = trip_events(900, seed=6)
+    parts = [events[i::3] for i in range(3)]
+    ahead = 120
+    await runner.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await until(lambda: runner.ready()[0], "an assignment", task)
+        redis_client.hset(checkpoint, f"{name}:1", ahead)
+        for i, part in enumerate(parts):
+            await produce(kafka_broker.bootstrap_servers, name, part, partition=i)
+        await until(
+            lambda: all(
+                redis_client.hget(checkpoint, f"{name}:{i}") == str(len(part)).encode()
+                for i, part in enumerate(parts)
+            ),
+            "every checkpoint at its partition's end",
+            task,
+        )
+    finally:
+        stop.set()
+        await task
+        await runner.stop()
+    applied = parts[0] + parts[1][ahead:] + parts[2]
+    assert_same(read_windows(redis_client, name, "regions"), expected_windows(applied, 60_000))
 
 
 async def until(

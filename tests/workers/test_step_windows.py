@@ -126,6 +126,32 @@ async def test_tumbling_window_aggregates_match(
     assert runner.metrics.labels(runner.metrics.events_out)._value.get() == 6000
 
 
+async def test_a_batchs_partitions_are_written_by_one_script(
+    kafka_broker: EmbeddedKafka, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """The partials of every partition in a batch are merged and written by one fenced
+    script: with the events already in three partitions when the step starts (its first
+    fetch holds all three), it runs fewer window scripts than there are partitions, one
+    per partition being the unmerged minimum, and the result is exact."""
+    name = unique("merged")
+    p = pipeline(name, [{"name": name, "partitions": 3}], [window_spec("regions", name)])
+    create_topics(kafka_broker, p)
+    events = trip_events(3000, seed=5)
+    await produce(kafka_broker.bootstrap_servers, name, events, key_field="trip_id")
+    before = script_calls(redis_client)
+    await run_step(
+        p, "by-region", kafka_broker.bootstrap_servers, redis_server.url, 3000, batch_size=10_000
+    )
+    assert script_calls(redis_client) - before < 3
+    assert_same(read_windows(redis_client, name, "regions"), expected_windows(events, 60_000))
+
+
+def script_calls(client: redis.Redis) -> int:
+    """Scripts the server has run (EVALSHA and EVAL)."""
+    stats: dict[str, dict[str, int]] = client.info("commandstats")  # type: ignore[assignment]
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+
 async def test_replayed_batches_are_not_counted_twice(
     kafka_broker: EmbeddedKafka, redis_server: EmbeddedRedis, redis_client: redis.Redis
 ) -> None:

@@ -20,6 +20,7 @@ from flowmill_workers.sinks.script_parts import (
     EMIT_RECORD,
     PUBLISH_FINALS,
     fence,
+    own_mark,
     table_watermark,
 )
 
@@ -41,7 +42,7 @@ local channel, tname, retain = ARGV[11], ARGV[12], tonumber(ARGV[13])
 local lateness = tonumber(ARGV[15])
 local emit, outbox = ARGV[17], ARGV[18]
 """
-    + table_watermark(4, 16, 11, 17)
+    + table_watermark(own_mark(4), 16, 11, 17)
     + EMIT_RECORD
     + """
 local function finite(x) return type(x) == 'number' and x == x and x > -math.huge and x < math.huge end

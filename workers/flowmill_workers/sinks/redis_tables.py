@@ -23,7 +23,12 @@ import redis.asyncio as aioredis
 from flowmill import serving
 from flowmill.spec import StepSpec, duration_seconds
 from flowmill_workers.sinks.redis_sessions import SESSION_SCRIPT
-from flowmill_workers.sinks.script_parts import EMIT_RECORD, PUBLISH_FINALS, table_watermark
+from flowmill_workers.sinks.script_parts import (
+    EMIT_RECORD,
+    FENCE_ALL,
+    PUBLISH_FINALS,
+    table_watermark,
+)
 from flowmill_workers.sinks.script_parts import fence as _fence
 from flowmill_workers.steps.sessions import SessionAggregator
 
@@ -35,25 +40,33 @@ script fails the script half-way; a longer `ttl` is capped here (with a warning)
 
 
 # KEYS[1] checkpoint hash.
-# ARGV: 1 checkpoint field, 2 expected first offset, 3 next offset, 4 watermark or "",
-#       5 table prefix, 6 ttl seconds, 7 window size ms, 8 aggregates JSON [[name, op]],
-#       9 updates JSON [[key, start, [partial per aggregate]]], 10 channel or "",
-#       11 table name, 12 windows retained per key, 13 "1" if the checkpoint may be absent,
-#       14 allowed lateness ms, 15 watermark fields JSON (serving.watermark_fields),
-#       16 emit mode ("", "updates" or "final": window records for the kafka sink),
-#       17 outbox stream key, 18 now ms (the partition had events: idleness) or "".
+# ARGV: 1 partitions JSON [[checkpoint field, expected first offset, next offset,
+#       watermark or "", "1" if the checkpoint may be absent, now ms (the partition had
+#       events: idleness) or ""]] (see script_parts.FENCE_ALL), 2 table prefix,
+#       3 ttl seconds, 4 window size ms, 5 aggregates JSON [[name, op]], 6 updates JSON
+#       [[key, start, [partial per aggregate]]] (the partitions' partials merged),
+#       7 channel or "", 8 table name, 9 windows retained per key, 10 allowed lateness ms,
+#       11 watermark fields JSON (serving.watermark_fields), 12 emit mode ("", "updates"
+#       or "final": window records for the kafka sink), 13 outbox stream key.
 # Returns {status, overflowed JSON [[key, start, aggregate]]}; see script_parts.fence.
 # With a channel or emit final, each window is also kept in `open` until it is final.
 _WINDOW_SCRIPT = (
-    _fence(13)
-    + """
-local prefix, ttl, size = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local aggs, updates = cjson.decode(ARGV[8]), cjson.decode(ARGV[9])
-local channel, retain, tname = ARGV[10], tonumber(ARGV[12]), ARGV[11]
-local lateness = tonumber(ARGV[14])
-local emit, outbox = ARGV[16], ARGV[17]
+    """
+local parts = cjson.decode(ARGV[1])
 """
-    + table_watermark(4, 15, 10, 16)
+    + FENCE_ALL
+    + """
+local marks = {}
+for _, p in ipairs(parts) do
+  if p[4] ~= '' then marks[p[1] .. ':wm'] = p[4] end
+end
+local prefix, ttl, size = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local aggs, updates = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
+local channel, retain, tname = ARGV[7], tonumber(ARGV[9]), ARGV[8]
+local lateness = tonumber(ARGV[10])
+local emit, outbox = ARGV[12], ARGV[13]
+"""
+    + table_watermark("marks", 11, 7, 12)
     + EMIT_RECORD
     + """
 -- Each update's hash is read once (HMGET of every field the checks and min/max need),
@@ -251,9 +264,11 @@ end
 """
     + PUBLISH_FINALS
     + """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[1] .. ':wm', ARGV[4]) end
-if ARGV[18] ~= '' then redis.call('HSET', KEYS[1], ARGV[1] .. ':seen', ARGV[18]) end
+for _, p in ipairs(parts) do
+  redis.call('HSET', KEYS[1], p[1], p[3])
+  if p[4] ~= '' then redis.call('HSET', KEYS[1], p[1] .. ':wm', p[4]) end
+  if p[6] ~= '' then redis.call('HSET', KEYS[1], p[1] .. ':seen', p[6]) end
+end
 return {1, cjson.encode(overflowed)}
 """
 )
@@ -339,6 +354,26 @@ class PartitionRange:
         return f"{self.topic}:{self.partition}"
 
 
+@dataclass(frozen=True, slots=True)
+class BatchPosition:
+    """What the window script's fence needs of one partition's batch."""
+
+    rng: PartitionRange
+    watermark: int | None
+    """The partition's watermark after the batch."""
+    starts_fresh: bool = True
+    """The partition has no checkpoint yet: only its first batch may find none."""
+    seen_ms: int | None = None
+    """When the batch had events (kept for window.idleTimeout)."""
+
+    def wire(self) -> list[str]:
+        # Strings, not JSON numbers: Lua would write numbers back in %.14g.
+        wm = "" if self.watermark is None else str(self.watermark)
+        seen = "" if self.seen_ms is None else str(self.seen_ms)
+        fresh = "1" if self.starts_fresh else ""
+        return [self.rng.field, str(self.rng.first), str(self.rng.next), wm, fresh, seen]
+
+
 class RedisTableSink:
     """Writes one step's window or latest-state table."""
 
@@ -398,13 +433,24 @@ class RedisTableSink:
         """Queue one partition's window partials on a pipeline (applied at execute);
         `starts_fresh` says the partition has no checkpoint yet (see _fence); `seen_ms`,
         when the batch had events (kept for window.idleTimeout)."""
+        position = BatchPosition(rng, watermark, starts_fresh, seen_ms)
+        await self.apply_merged_windows(pipe, [position], updates, aggregates, size_ms, retain)
+
+    async def apply_merged_windows(
+        self,
+        pipe: Any,
+        positions: Sequence[BatchPosition],
+        updates: list[list[Any]],
+        aggregates: Sequence[tuple[str, str, str | None]],
+        size_ms: int,
+        retain: int,
+    ) -> None:
+        """Queue the merged window partials of several partitions' batches as one script,
+        applied only if every partition's checkpoint fences them in (else none is)."""
         await self._window(
             keys=[self.checkpoint],
             args=[
-                rng.field,
-                rng.first,
-                rng.next,
-                "" if watermark is None else str(watermark),
+                orjson.dumps([p.wire() for p in positions]),
                 self.prefix,
                 self.ttl,
                 size_ms,
@@ -413,12 +459,10 @@ class RedisTableSink:
                 self.channel,
                 self.table,
                 retain,
-                "1" if starts_fresh else "",
                 self.lateness_ms,
                 self.watermark_fields,
                 self.emit,
                 self.outbox,
-                "" if seen_ms is None else seen_ms,
             ],
             client=pipe,
         )
@@ -519,8 +563,9 @@ class WriteOutcome:
 
 
 def write_outcome(reply: Any) -> WriteOutcome:
-    """A script's reply ({status, overflowed JSON}) as a WriteOutcome."""
-    status, overflowed = reply
+    """A script's reply ({status, overflowed JSON}, and the window script's refusals
+    the failing partition) as a WriteOutcome."""
+    status, overflowed = reply[0], reply[1]
     marks = orjson.loads(overflowed)
     return WriteOutcome(int(status), [(k, int(s), a) for k, s, a in marks] if marks else [])
 

@@ -20,11 +20,33 @@ end
 """
 
 
-def table_watermark(watermark: int, fields: int, *needed_by: int) -> str:
+# The window script's fence covers several partitions at once (their partials merged
+# into one set of updates, so a batch of four partitions costs one script, not four):
+# `parts` is the decoded JSON list [[field, first, next, watermark or "", fresh, seen]]
+# (fresh "1" where the checkpoint may be absent). Every partition must pass before
+# anything is written; else {status, '[]', i} names the first that did not (1-based), and
+# the worker writes them one by one to learn each partition's outcome.
+FENCE_ALL = """
+local fields = {}
+for i, p in ipairs(parts) do fields[i] = p[1] end
+local cks = redis.call('HMGET', KEYS[1], unpack(fields))
+for i, p in ipairs(parts) do
+  local ck = cks[i]
+  if ck then
+    if tonumber(ck) ~= tonumber(p[2]) then return {0, '[]', i} end
+  elseif p[5] ~= '1' then
+    return {-1, '[]', i}
+  end
+end
+"""
+
+
+def table_watermark(own_marks: str, fields: int, *needed_by: int) -> str:
     """Sets local W to the table's watermark once this batch is applied: the smallest
-    of its input partitions' (JSON list in ARGV[fields], this partition's new one in
-    ARGV[watermark]), nil while any partition has none. Only reads, and only when one of
-    ARGV[needed_by] is set (a channel to publish on, an emit mode): W decides final."""
+    of its input partitions' (JSON list in ARGV[fields]), taking the batch's new ones
+    from `own_marks` (a Lua expression: a table of `{field}:wm` -> watermark), nil while
+    any partition has none. Only reads, and only when one of ARGV[needed_by] is set (a
+    channel to publish on, an emit mode): W decides final."""
     needed = " or ".join(f"ARGV[{i}] ~= ''" for i in needed_by)
     return f"""
 local W = nil
@@ -32,10 +54,9 @@ if {needed} then
   local wmf = cjson.decode(ARGV[{fields}])
   if #wmf > 0 then
     local vals = redis.call('HMGET', KEYS[1], unpack(wmf))
-    local own = ARGV[1] .. ':wm'
+    local own = {own_marks}
     for i, f in ipairs(wmf) do
-      local v = vals[i]
-      if f == own and ARGV[{watermark}] ~= '' then v = ARGV[{watermark}] end
+      local v = own[f] or vals[i]
       if not v then W = nil break end
       v = tonumber(v)
       if W == nil or v < W then W = v end
@@ -43,6 +64,12 @@ if {needed} then
   end
 end
 """
+
+
+def own_mark(watermark: int) -> str:
+    """`own_marks` for a one-partition script: its field in ARGV[1], its watermark in
+    ARGV[watermark] ("" when it has none yet)."""
+    return f"{{[ARGV[1] .. ':wm'] = (ARGV[{watermark}] ~= '' and ARGV[{watermark}] or nil)}}"
 
 
 # Appends one window record to the step's outbox stream (flowmill.serving.outbox_key),

@@ -104,6 +104,23 @@ class Aggregates:
             else:
                 partial[i].add(str(value))
 
+    def merge(self, into: Partial, other: Partial) -> None:
+        """Combine another batch's partial of the same window into `into` (the window's
+        partials from several partitions, written as one update). Nested values are
+        replaced, never changed in place, so a shallow copy of a partial may be merged
+        into without touching the original."""
+        for i, (_, op, _) in enumerate(self.aggregates):
+            a, b = into[i], other[i]
+            if op == "count" or op == "sum":
+                into[i] = a + b
+            elif op == "avg":
+                into[i] = [a[0] + b[0], a[1] + b[1]]
+            elif op == "min" or op == "max":
+                if a is None or (b is not None and (b < a if op == "min" else b > a)):
+                    into[i] = b
+            else:
+                into[i] = set(a) | set(b)
+
 
 class WindowAggregator(Aggregates):
     """Assigns events to tumbling or hopping windows and accumulates their aggregates."""
