@@ -5,7 +5,10 @@ checkpoint: the script runs only if the checkpoint equals the batch's first offs
 it advances the checkpoint in the same atomic step. So a batch replayed after a crash
 (or written late by a worker that lost its partitions) is skipped, never added twice,
 and final values are exact. Partials from different partitions of the same key merge in
-Redis, so exactness does not depend on how the input topic is keyed.
+Redis, so exactness does not depend on how the input topic is keyed. Window tables go
+one step further: the partials of all partitions of a batch are merged by the worker and
+written by one script that fences every partition's checkpoint at once (all pass, or
+nothing is written and the worker writes them one by one).
 
 The layout is documented in flowmill.serving.
 """
