@@ -78,8 +78,18 @@ def test_killed_faust_worker_repeats_flags_but_loses_none(
         finally:
             got = _flags(run, bootstrap)
             # What is missing, by input trip, says which events the restarted worker
-            # never processed (see docs/faust.md, "Guarantees").
-            print(f"flags missing after the kill: {set(expected) - set(got)}")
+            # never processed (see docs/faust.md, "Guarantees"); the group's commits
+            # against the input's end tell records skipped from a worker stalled, and
+            # the worker's log what it did after the restart.
+            missing = set(expected) - set(got)
+            print(f"flags missing after the kill: {missing}")
+            if missing:
+                step = row(run, "step/fraud-rules")
+                print(
+                    f"worker: {step.state}, {step.events_in} events in, {step.restarts} restart(s)"
+                )
+                print(f"input (end, committed): {_commits(run, bootstrap)}")
+                print(Path(step.log_path).read_text()[-6000:])
         print(f"every flag {time.monotonic() - killed:.1f} s after the kill")
         assert set(got) == set(expected), "no flag lost, none wrong"
         repeats = Counter(got) - Counter(expected)
@@ -117,6 +127,32 @@ def test_killed_faust_worker_repeats_flags_but_loses_none(
 
         table = wait_for(lambda: (t := restored()) == wanted and t, 30, "the Table exact")
         assert len(table) == 40
+
+
+def _commits(run: Any, bootstrap: str) -> dict[int, tuple[int, int | None]]:
+    """The Faust step's input partitions: (end offset, its group's committed offset)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from flowmill.spec import faust_app_id
+
+    async def read() -> dict[int, tuple[int, int | None]]:
+        group = faust_app_id(run.pipeline.name, "fraud-rules")
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        await consumer.start()
+        try:
+            name = topic(run, "trips-valid")
+            await consumer._client.force_metadata_update()
+            tps = [
+                TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())
+            ]
+            ends = await consumer.end_offsets(tps)
+            return {tp.partition: (ends[tp], await consumer.committed(tp)) for tp in tps}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
 
 
 def _raw_records(bootstrap: str, name: str) -> list[tuple[str, bytes]]:
