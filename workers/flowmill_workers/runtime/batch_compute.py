@@ -59,6 +59,55 @@ class PartitionResult:
         return TopicPartition(self.rng.topic, self.rng.partition)
 
 
+def coalesce(
+    earlier: list[PartitionResult], later: list[PartitionResult], windows: WindowAggregator
+) -> list[PartitionResult] | None:
+    """Two window steps' batches as one, written by one script (the later batch was
+    computed while the earlier one waited for the write before it): a partition in both
+    becomes one result over both ranges, its window partials merged, so four partitions'
+    batches of the same minutes cost the table one update per window, not four. None when
+    they cannot be one: a result that is not window partials, or a partition whose later
+    range does not start where its earlier one ends (it was sought meanwhile). `earlier`
+    is changed in place and returned."""
+    by_partition = {r.partition: r for r in earlier}
+    for r in (*earlier, *later):
+        if not isinstance(r.windows, WindowBatch):
+            return None
+    for r in later:
+        e = by_partition.get(r.partition)
+        if e is not None and e.rng.next != r.rng.first:
+            return None
+    for r in later:
+        e = by_partition.get(r.partition)
+        if e is None:
+            earlier.append(r)
+            by_partition[r.partition] = r
+            continue
+        assert isinstance(e.windows, WindowBatch) and isinstance(r.windows, WindowBatch)
+        partials = e.windows.partials
+        for window, partial in r.windows.partials.items():
+            into = partials.get(window)
+            if into is None:
+                partials[window] = partial
+            else:
+                windows.merge(into, partial)
+        e.windows.late += r.windows.late
+        e.rng = PartitionRange(e.rng.topic, e.rng.partition, e.rng.first, r.rng.next)
+        e.records = e.records + r.records
+        e.outputs += r.outputs
+        e.dead += r.dead
+        e.rows += r.rows
+        e.events_in += r.events_in
+        e.events_out += r.events_out
+        e.filtered += r.filtered
+        if e.oldest_timestamp_ms is None or (
+            r.oldest_timestamp_ms is not None and r.oldest_timestamp_ms < e.oldest_timestamp_ms
+        ):
+            e.oldest_timestamp_ms = r.oldest_timestamp_ms
+        e.watermark = r.watermark
+    return earlier
+
+
 def _late_reason(watermark: int | None, ts: int | None = None) -> str:
     at = f"event time {ts} ms " if ts is not None else ""
     return f"late event: {at}past its window's end plus allowedLateness (watermark {watermark} ms)"
