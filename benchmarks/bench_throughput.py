@@ -42,6 +42,9 @@ class Contender:
     """Runs in the peers' env (else flowmill's)."""
     windows: bool
     """Computes windows (else a raw consumer: only the count is checked)."""
+    source: Path | None = None
+    """A checkout whose flowmill packages the contender imports (else the installed ones):
+    `--against REV` runs the window step as of another revision this way."""
 
 
 CONTENDERS_ALL = [
@@ -53,6 +56,8 @@ CONTENDERS_ALL = [
     Contender("Faust agent (in memory)", "faust_agent.py", True, True),
 ]
 RAW = CONTENDERS_ALL[0].label
+SOURCE_ROOTS = (".", "workers", "api", "operator")
+"""Where a checkout keeps flowmill's packages (pyproject.toml's package roots)."""
 
 
 @dataclass
@@ -162,7 +167,8 @@ def run_contender(
 ) -> Run:
     """One process; its timing and peak RSS from itself (wait4's peak when it has none)."""
     argv = [python[contender.peers], str(CONTENDERS / contender.script), json.dumps(cfg)]
-    env = dict(os.environ, PYTHONPATH=str(CONTENDERS))
+    roots = [] if contender.source is None else [contender.source / r for r in SOURCE_ROOTS]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, [*roots, CONTENDERS])))
     out_path = Path(cfg["workdir"]) / f"{cfg['group']}.out"
     with out_path.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -345,10 +351,7 @@ def main() -> int:
     without the peers' env, for comparing one change side by side."""
     import argparse
 
-    from flowmill.local.kafka import EmbeddedKafka
-    from flowmill.local.redis import EmbeddedRedis
-
-    scripts = {c.script.removesuffix(".py"): c for c in CONTENDERS_ALL}
+    scripts = scripts_by_name()
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--rounds", type=int, default=3)
@@ -358,8 +361,48 @@ def main() -> int:
         default="raw_aiokafka,flowmill_step",
         help=f"comma-separated, of {','.join(scripts)}",
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run the window step as of git revision REV (a temporary worktree), "
+        "alternating with this checkout's: what the changes since REV bought",
+    )
     args = parser.parse_args()
     chosen = [scripts[s] for s in args.contenders.split(",")]
+    if args.against:
+        return _against(args, chosen)
+    return _run(args, chosen)
+
+
+def _against(args: Any, chosen: list[Contender]) -> int:
+    import tempfile
+
+    repo = HERE.parent
+    with tempfile.TemporaryDirectory(prefix="flowmill-against-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), args.against],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            step = scripts_by_name()["flowmill_step"]
+            label = f"{step.label} at {args.against}"
+            return _run(args, [*chosen, Contender(label, step.script, False, True, tree)])
+        finally:
+            subprocess.run(
+                ["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False
+            )
+
+
+def scripts_by_name() -> dict[str, Contender]:
+    return {c.script.removesuffix(".py"): c for c in CONTENDERS_ALL}
+
+
+def _run(args: Any, chosen: list[Contender]) -> int:
+    from flowmill.local.kafka import EmbeddedKafka
+    from flowmill.local.redis import EmbeddedRedis
+
     peers = Path(os.environ.get("FLOWMILL_CACHE", Path.home() / ".cache" / "flowmill"))
     python = {False: sys.executable, True: str(peers / "bench-peers" / "bin" / "python")}
 
@@ -385,7 +428,22 @@ def main() -> int:
             chosen,
             log,
         )
-    print(json.dumps({"meta": meta, "rows": summarize(rows)}, indent=2))
+    summary = summarize(rows)
+    print(json.dumps({"meta": meta, "rows": summary}, indent=2))
+    print("\n| contender | events/s | % of raw aiokafka | CPU us/event | runs (ev/s) |")
+    print("|---|---:|---:|---:|---|")
+    for row in summary:
+        pct, rate, cpu = row["pct_of_raw_aiokafka"], row["events_per_s"], row["cpu_us_per_event"]
+        runs = ", ".join(f"{r:,}" for r in row["runs"])
+        print(
+            f"| {row['contender']} | "
+            + (f"{rate:,.0f}" if rate else "-")
+            + " | "
+            + (f"{pct:.1f}%" if pct is not None else "-")
+            + " | "
+            + (f"{cpu:.2f}" if cpu is not None else "-")
+            + f" | {runs} |"
+        )
     return 0
 
 
