@@ -98,7 +98,17 @@ def stop_and_check(
         left := {p for p in tree if alive(p)} | mentioning(marker)
     ) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not left, f"processes left after {sig.name}: {sorted(left)}"
+    assert not left, f"processes left after {sig.name}: " + "; ".join(
+        f"{p}: {_cmdline(p)}" for p in sorted(left)
+    )
+
+
+def _cmdline(pid: int) -> str:
+    """What a process left behind runs (to tell which part of the run it was)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:300]
+    except OSError:
+        return "(gone)"
 
 
 @pytest.mark.usefixtures("kafka_installed", "redis_installed")
