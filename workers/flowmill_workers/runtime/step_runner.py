@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from flowmill.kafka_security import PLAINTEXT, KafkaClientSecurity
 from flowmill.spec import Pipeline, StepSpec
@@ -75,6 +75,8 @@ class WorkerConfig:
     """TLS and SASL of every Kafka client of the worker."""
 
 
+END_PROBE_S = 1.0
+"""How often a worker asks for the end offsets of partitions it has not fetched yet."""
 COALESCE_BATCHES = 3
 """The most fetches (of `batch_size` records) a window step computes ahead of a write in
 flight, as one batch: more would only hold more records in memory (merging saturates
@@ -150,6 +152,9 @@ class StepRunner:
         """Counts revocations and completed assignments: a batch fetched under an older
         count, or between the two, is never written (see _hand_over)."""
         self.rebalancing = False
+        self._ends: dict[TopicPartition, int] = {}
+        self._ends_asked = 0.0
+        """The last end offsets asked for partitions not fetched yet, and when."""
         self.not_durable: list[list[PartitionResult]] = []
         """Batches computed and not yet written, oldest first (told if a stop times out)."""
         self.stop_state = StopState()
@@ -478,17 +483,45 @@ class StepRunner:
             self.metrics.forget_lag(tp.topic, tp.partition)
         self.durability.on_revoked(revoked)
 
+    async def _ends_not_fetched(self) -> dict[TopicPartition, int]:
+        """The end offsets of owned partitions no fetch has answered yet (aiokafka knows
+        their end only from a fetch): left out, a partition just assigned would count as
+        no lag, and a step looked idle with its backlog unread (`flowmill test` compared
+        a step's tables before it had read one partition). Asked at most once a second."""
+        assert self.consumer is not None
+        unknown = [
+            tp
+            for tp in self.consumer.assignment()
+            if tp not in self.assigning
+            and (self.consumer.last_stable_offset(tp) or self.consumer.highwater(tp)) is None
+        ]
+        if not unknown:
+            return {}
+        now = time.monotonic()
+        if now - self._ends_asked < END_PROBE_S:
+            return {tp: self._ends[tp] for tp in unknown if tp in self._ends}
+        self._ends_asked = now
+        try:
+            self._ends = await self.consumer.end_offsets(unknown)
+        except (KafkaError, IllegalStateError) as err:  # a lag left out until the next ask
+            log.debug("end offsets of %s: %s", unknown, err)
+            self._ends = {}
+        return self._ends
+
     async def _report_lag(self) -> None:
         """Lag per partition: the consumer's position, not the last record + 1, because a
         transactional input ends in a commit marker the position steps over."""
         assert self.consumer is not None
         lags: dict[TopicPartition, int] = {}
+        ends = await self._ends_not_fetched()
         for tp in self.consumer.assignment():
             if tp in self.assigning:
                 # Until on_assigned seeks it, its position is the consumer's reset
                 # (auto_offset_reset, the end): a lag of 0 that is not true.
                 continue
             high = self.consumer.last_stable_offset(tp) or self.consumer.highwater(tp)
+            if high is None:
+                high = ends.get(tp)
             if high is None:
                 continue
             try:
