@@ -184,8 +184,10 @@ def test_accepted_mutations_agree_with_the_crd(
     sent: list[str] = []
     refused: list[str] = []
 
+    # About a quarter of one-mutation manifests are valid: 400 examples gave 93-96 valid
+    # ones in two CI runs, under the 100 asked for below.
     @settings(
-        max_examples=400,
+        max_examples=600,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
