@@ -84,13 +84,7 @@ def coalesce(
             by_partition[r.partition] = r
             continue
         assert isinstance(e.windows, WindowBatch) and isinstance(r.windows, WindowBatch)
-        partials = e.windows.partials
-        for window, partial in r.windows.partials.items():
-            into = partials.get(window)
-            if into is None:
-                partials[window] = partial
-            else:
-                windows.merge(into, partial)
+        windows.merge_partials(e.windows.partials, r.windows.partials)
         e.windows.late += r.windows.late
         e.rng = PartitionRange(e.rng.topic, e.rng.partition, e.rng.first, r.rng.next)
         e.records = e.records + r.records

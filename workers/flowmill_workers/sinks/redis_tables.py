@@ -174,8 +174,8 @@ for j, u in ipairs(updates) do
     if skip[(j - 1) * na + i] then
       if redis.call('HSETNX', h, '_error:' .. name,
           'overflow: the ' .. op .. ' is beyond the range of a double') == 1 then
-        redis.call('HDEL', h, name, '_s:' .. name, '_n:' .. name)
-        redis.call('ZREM', prefix .. ':top:' .. start .. ':' .. name, key)
+        redis.call('HDEL', h, name, s_field[i], n_field[i])
+        redis.call('ZREM', top_keys[i], key)
       end
     elseif op == 'count' then
       v = tonumber(row[at_val[i]] or '0') + d

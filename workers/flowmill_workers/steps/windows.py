@@ -121,6 +121,19 @@ class Aggregates:
             else:
                 into[i] = set(a) | set(b)
 
+    def merge_partials(
+        self, into: dict[tuple[str, int], Partial], other: dict[tuple[str, int], Partial]
+    ) -> None:
+        """Merge another batch's partials into `into`, window by window. A window new to
+        `into` gets a shallow copy, and merge() replaces nested values, so `other` is
+        never changed (a batch whose merged write is refused is written again alone)."""
+        for window, partial in other.items():
+            kept = into.get(window)
+            if kept is None:
+                into[window] = list(partial)
+            else:
+                self.merge(kept, partial)
+
 
 class WindowAggregator(Aggregates):
     """Assigns events to tumbling or hopping windows and accumulates their aggregates."""

@@ -468,12 +468,7 @@ class RedisCheckpoint(Durability):
         merged: dict[tuple[str, int], Partial] = {}
         for r in results:
             assert isinstance(r.windows, WindowBatch)
-            for window, partial in r.windows.partials.items():
-                into = merged.get(window)
-                if into is None:
-                    merged[window] = list(partial)  # merge() never changes nested values
-                else:
-                    windows.merge(into, partial)
+            windows.merge_partials(merged, r.windows.partials)
         seen = now_ms() if self.idleness is not None else None
         positions = [
             BatchPosition(
