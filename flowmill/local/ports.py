@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,21 +21,51 @@ from typing import Self
 LOOPBACK = "127.0.0.1"
 
 
+_CHOSEN_PORTS = (20000, 30000)
+"""Ports are chosen from here, below the kernel's ephemeral range, so that no outgoing
+connection can take one as its source port between the choice and the bind (from the
+ephemeral range, one did: a restarted worker failed to bind its metrics port), and below
+Kubernetes' NodePort range (30000-32767), which the node's kube-proxy rewrites."""
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports that were free a moment ago.
 
-    All sockets are held open until every port is chosen, so the kernel cannot hand out the
-    same port twice (calling free_port() repeatedly can). The ports are free again on return,
-    so another process could still take one before the caller binds it; callers that choose
-    ports themselves retry on a bind failure.
+    All sockets are held open until every port is chosen, so no port is handed out twice.
+    The ports come from below the ephemeral range (see _CHOSEN_PORTS) at random, so the
+    only other takers are listeners, which the probe bind sees. The ports are free again on
+    return, so another process choosing the same way could still take one before the caller
+    binds it; callers that choose ports themselves retry on a bind failure.
     """
+    low, high = _CHOSEN_PORTS[0], min(_CHOSEN_PORTS[1], _ephemeral_low())
     with ExitStack() as stack:
         ports: list[int] = []
         for _ in range(count):
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
-            ports.append(sock.getsockname()[1])
+            ports.append(_bind_one(sock, low, high))
         return ports
+
+
+def _bind_one(sock: socket.socket, low: int, high: int) -> int:
+    if high - low >= 1000:
+        for _ in range(200):
+            port = random.randrange(low, high)
+            try:
+                # A wildcard bind also collides with listeners on any address.
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    sock.bind((LOOPBACK, 0))  # a range too narrow or too full: the kernel's choice
+    return int(sock.getsockname()[1])
 
 
 def free_port() -> int:
