@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from flowmill.local.kafka import EmbeddedKafka
+from flowmill.local.redis import EmbeddedRedis
 from flowmill_workers.runtime.shutdown import EXIT_UNCLOSED, EXIT_UNFLUSHED
 from tests.harness.waiting import unique, wait_for
 from tests.workers.harness import consume_all
@@ -182,3 +183,37 @@ def _read_topic(bootstrap: str, topic: str) -> list[Any]:
     import asyncio
 
     return asyncio.run(consume_all(bootstrap, topic, EVENTS, timeout=60, settle=1.0))
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def test_sigterm_while_the_worker_starts_is_a_clean_stop(
+    tmp_path: Path, kafka_broker: EmbeddedKafka, redis_server: EmbeddedRedis
+) -> None:
+    """A stop can come while the worker still imports (seconds on a busy node: a pod deleted
+    as it starts, a test stopping a worker it just restarted). The worker notes the signal
+    from its first moment and exits 0 once it can, having read nothing; before, the signal
+    killed it (exit -15 in a chain test's stop)."""
+    name = unique("early")
+    path = manifest(tmp_path, name)
+    kafka_broker.create_topics([(name, PARTITIONS)])
+    workers = Workers(tmp_path, path, kafka_broker.bootstrap_servers, redis_server.url)
+    try:
+        workers.start()
+        for kind, proc in workers.procs.items():
+            wait_for(lambda p=proc: _catches_sigterm(p.pid), 30, f"the {kind} to catch SIGTERM",
+                     interval=0.005)  # fmt: skip
+            proc.send_signal(signal.SIGTERM)
+        for kind, proc in workers.procs.items():
+            code = proc.wait(30)
+            text = workers.log(kind, 1).read_text()
+            assert code == 0, f"{kind} exit {code}:\n{text}"
+            assert "stop requested while starting; nothing was read" in text, text
+    finally:
+        workers.stop()

@@ -94,7 +94,33 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+class _StopBeforeStart:
+    """SIGTERM or SIGINT while the worker still imports and loads its Pipeline (seconds on a
+    busy node), before the event loop's handlers exist: noted, and honoured as a clean stop
+    (exit 0, nothing read) once the loop can, instead of Python's default of dying by the
+    signal. Nothing is held yet that a stop would have to make durable."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.requested = True
+
+    def release(self) -> None:
+        """Back to Python's defaults, for code that installs its own handlers later (Faust);
+        a signal noted meanwhile is not lost: the caller checks `requested` after this."""
+        for sig in self.SIGNALS:
+            signal.signal(
+                sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler
+            )
+
+
 def run(args: argparse.Namespace) -> int:
+    early = _StopBeforeStart()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -109,8 +135,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         pipeline = load_pipeline(args.pipeline)
         if args.step and pipeline.spec.step(args.step).faust is not None:
+            early.release()
+            if early.requested:
+                return _stopped_before_start()
             return _run_faust(args, pipeline)
-        return asyncio.run(_run(args, pipeline))
+        return asyncio.run(_run(args, pipeline, early))
     except (
         PipelineInvalid,
         ConnectionMissing,
@@ -135,7 +164,12 @@ def _run_faust(args: argparse.Namespace, pipeline: object) -> int:
     return run_faust_step(pipeline, args.step, servers, args.metrics_port, args.code_path, security)
 
 
-async def _run(args: argparse.Namespace, pipeline: object) -> int:
+def _stopped_before_start() -> int:
+    logging.getLogger("flowmill.worker").info("stop requested while starting; nothing was read")
+    return 0
+
+
+async def _run(args: argparse.Namespace, pipeline: object, early: _StopBeforeStart) -> int:
     from flowmill.connections import bootstrap_servers
     from flowmill.kafka_security import KafkaClientSecurity
     from flowmill.spec import Pipeline
@@ -166,8 +200,10 @@ async def _run(args: argparse.Namespace, pipeline: object) -> int:
         deadline.start()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _StopBeforeStart.SIGNALS:
         loop.add_signal_handler(sig, on_signal)
+    if early.requested:  # checked after the loop's handlers took over, so none is missed
+        return _stopped_before_start()
     try:
         await serve_worker(worker, stop, args.metrics_port)
     finally:
