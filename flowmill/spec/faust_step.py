@@ -8,7 +8,9 @@ from typing import Annotated, Self
 
 from pydantic import Field, model_validator
 
-from flowmill.spec.common import Name, SpecModel, TopicName, cel_rule
+from flowmill.spec.common import Duration, Name, SpecModel, TopicName, cel_rule, duration_seconds
+
+MIN_STALL_TIMEOUT_S = 10
 
 # Faust names a table's changelog `{app id}-{table}-changelog`, so a table name must be
 # usable inside a topic name.
@@ -70,6 +72,22 @@ class FaustSpec(SpecModel):
     code: FaustCode | None = None
     """Code from a ConfigMap (a cluster) or a directory (flowmill run); unset: the app's
     module is installed in the image (docs/faust.md shows the Dockerfile)."""
+    stall_timeout: Duration = "60s"
+    """How long the worker may be ready with input waiting (its group's committed offsets
+    behind the ends) while it neither takes in nor commits any of it; then it exits with
+    code 77 and is restarted (by Kubernetes, or `flowmill run`). A Faust worker can stop
+    consuming while it reports ready (docs/faust.md); this ends such a stall. Set it
+    above the longest time the agent may spend on one event. At least 10s."""
+
+    @model_validator(mode="after")
+    def _stall_timeout_long_enough(self) -> Self:
+        # Shorter than two of Faust's commit intervals (2.8 s) plus the lag's refresh, a
+        # busy healthy worker would look stalled.
+        if duration_seconds(self.stall_timeout) < MIN_STALL_TIMEOUT_S:
+            raise ValueError(
+                f"stallTimeout {self.stall_timeout} is too short: at least {MIN_STALL_TIMEOUT_S}s"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_tables(self) -> Self:

@@ -114,6 +114,9 @@ EXIT_UNCLOSED = 76
 """The grace ran out after everything was durable, while closing the clients (a consumer
 that did not leave its group is dropped by the coordinator after its session timeout;
 the API: its own shutdown did not end in time)."""
+EXIT_STALLED = 77
+"""A Faust step held input it had not processed and neither consumed nor committed any of
+it for its faust.stallTimeout (faust_step/stall.py): it exits so that it is restarted."""
 STOP_GRACE_SLACK_S = 10
 """What the kubelet allows beyond the grace: the process logging why and exiting, and
 Python's own start-up share of a slow node."""

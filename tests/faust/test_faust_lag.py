@@ -104,6 +104,9 @@ def test_lag_counts_what_the_agent_has_not_processed(
         outputs={},
         tables=[],
         code={"path": str(code)},
+        # The hold is a stall by design: the stall watch (test_faust_stall.py) must not
+        # end it.
+        stallTimeout="1h",
     )
     topic = doc["spec"]["topics"][0]["name"]
     group = f"flowmill.{doc['metadata']['name']}.rules"

@@ -27,6 +27,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from flowmill.kafka_security import PLAINTEXT, KafkaClientSecurity
+from flowmill_workers.faust_step.stall import StallWatch
 from flowmill_workers.runtime.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class LagReporter:
         owned: Callable[[], frozenset[int]],
         security: KafkaClientSecurity = PLAINTEXT,
         interval: float = LAG_INTERVAL_S,
+        stall: StallWatch | None = None,
     ) -> None:
         self.metrics = metrics
         self.group = group
@@ -65,6 +67,7 @@ class LagReporter:
         self.owned = owned
         self.security = security
         self.interval = interval
+        self.stall = stall
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flowmill-faust-lag", daemon=True)
         self._consumer: Any = None
@@ -100,6 +103,8 @@ class LagReporter:
         self.metrics.labels(self.metrics.partitions).set(len(owned))
         if not owned:
             self.metrics.report_lag({})
+            if self.stall is not None:
+                self.stall.observe({}, {})
             return {}
         consumer, admin = self._clients()
         tps = [TopicPartition(self.input_topic, p) for p in owned]
@@ -119,6 +124,8 @@ class LagReporter:
             for tp in tps
         }
         self.metrics.report_lag({(self.input_topic, p): lag for p, lag in lags.items()})
+        if self.stall is not None:
+            self.stall.observe(lags, {tp.partition: at for tp, at in begin.items()})
         return lags
 
     @staticmethod

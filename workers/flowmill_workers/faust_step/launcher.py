@@ -16,10 +16,11 @@ from faust.types import TP
 from mode import BaseSignalT
 
 from flowmill.kafka_security import PLAINTEXT, KafkaClientSecurity
-from flowmill.spec import Pipeline, faust_app_id
+from flowmill.spec import Pipeline, duration_seconds, faust_app_id
 from flowmill_workers.faust_step.binding import BoundApp, FaustStepError, bind_app
 from flowmill_workers.faust_step.lag import LagReporter
 from flowmill_workers.faust_step.monitor import StepMonitor
+from flowmill_workers.faust_step.stall import StallWatch
 from flowmill_workers.runtime.http import WorkerHttp
 from flowmill_workers.runtime.metrics import WorkerMetrics
 
@@ -37,6 +38,7 @@ def run_faust_step(
     """Run the step's agent until stopped; 1 (with the reason on stderr) when the code does
     not fit the spec, before anything connects."""
     step = pipeline.spec.step(step_name)
+    assert step.faust is not None, f"step {step_name} is not a Faust step"
     metrics = WorkerMetrics(pipeline.name, step_name)
     data_dir = tempfile.mkdtemp(prefix=f"faust-{step_name}-")
     try:
@@ -44,7 +46,13 @@ def run_faust_step(
     except FaustStepError as err:
         print(f"flowmill worker: {err}", file=sys.stderr)
         return 1
-    bound.app.monitor = StepMonitor(metrics, bound.input_topic, bound.output_topics)
+    monitor = StepMonitor(metrics, bound.input_topic, bound.output_topics)
+    bound.app.monitor = monitor
+    stall = StallWatch(
+        duration_seconds(step.faust.stall_timeout),
+        ready=lambda: ready(bound)[0],
+        taken_in=lambda: monitor.taken_in,
+    )
     lag = LagReporter(
         metrics,
         faust_app_id(pipeline.name, step_name),
@@ -52,6 +60,7 @@ def run_faust_step(
         bootstrap_servers,
         _owned_partitions(bound),
         security,
+        stall=stall,
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

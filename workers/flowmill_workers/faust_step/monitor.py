@@ -24,11 +24,14 @@ class StepMonitor(PrometheusMonitor):
         self.step_metrics = metrics
         self.input_topic = input_topic
         self.outputs = outputs
+        self.taken_in = 0
+        """Input events taken in so far (read by the stall watch's thread)."""
 
     def on_message_in(self, tp: TP, offset: int, message: Message) -> None:
         super().on_message_in(tp, offset, message)
         if tp.topic == self.input_topic:
             self.step_metrics.labels(self.step_metrics.events_in).inc()
+            self.taken_in += 1
 
     def on_send_initiated(
         self, producer: ProducerT, topic: str, message: Any, keysize: int, valsize: int
