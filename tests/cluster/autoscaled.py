@@ -51,6 +51,7 @@ class Step:
     ) -> None:
         self.node, self.stack, self.ns, self.name, self.step = node, stack, ns, name, step
         self.apps = k8s_client.AppsV1Api(api)
+        self.core = k8s_client.CoreV1Api(api)
         self.hpas = k8s_client.AutoscalingV2Api(api)
         self.custom = k8s_client.CustomObjectsApi(api)
         self.deployment = naming.step_deployment(name, step)
@@ -127,6 +128,39 @@ class Step:
         selector = f'{{namespace="{self.ns}",pipeline="{self.name}"}}'
         lines.append(f"scraped lag: {self.stack.query('flowmill_consumer_lag' + selector)}")
         lines.append(f"targets: {self.stack.query('up')}")
+        return "\n".join(lines)
+
+    def pods_report(self) -> str:
+        """Each of the step's pods (phase, readiness, restarts, why its container last
+        stopped) and the namespace's latest events about them, for a failure: a wait for
+        ready pods that times out says which link broke (scheduling, image, probes, OOM)."""
+        d = self.apps.read_namespaced_deployment(self.deployment, self.ns)
+        labels = ",".join(f"{k}={v}" for k, v in (d.spec.selector.match_labels or {}).items())
+        lines = [f"deployment {self.deployment}: {d.status}"]
+        pods = self.core.list_namespaced_pod(self.ns, label_selector=labels).items
+        for pod in pods:
+            lines.append(f"pod {pod.metadata.name} phase {pod.status.phase}")
+            for c in pod.status.conditions or []:
+                lines.append(f"  condition {c.type}={c.status} {c.reason or ''} {c.message or ''}")
+            for cs in pod.status.container_statuses or []:
+                last = cs.last_state.terminated if cs.last_state else None
+                lines.append(
+                    f"  container {cs.name} ready {cs.ready} restarts {cs.restart_count}"
+                    f" state {cs.state}"
+                    + (f" last exit {last.exit_code} {last.reason}" if last else "")
+                )
+        events = self.core.list_namespaced_event(self.ns).items
+        ours = [
+            e
+            for e in events
+            if (e.involved_object.name or "").startswith(self.deployment) and e.type != "Normal"
+        ]
+        ours.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
+        lines.append("warning events:")
+        lines += [
+            f"  {e.last_timestamp} {e.involved_object.name} {e.reason}: {e.message}"
+            for e in ours[-25:]
+        ]
         return "\n".join(lines)
 
     def status(self) -> dict[str, Any]:

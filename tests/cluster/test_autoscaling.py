@@ -144,48 +144,56 @@ def test_lag_burst_scales_out_to_the_partitions_drains_exactly_and_scales_back(
     bootstrap = kube_node.kafka.bootstrap_servers
     events = [{"n": i} for i in range(BURST)]
     with Trace(step) as trace:
-        asyncio.run(produce(bootstrap, f"{name}-events", events, key_field="n"))
-        trace.mark(f"{BURST} events sent")
+        try:
+            asyncio.run(produce(bootstrap, f"{name}-events", events, key_field="n"))
+            trace.mark(f"{BURST} events sent")
 
-        wait_for(lambda: step.desired() > 1, 120, "the HPA to want more workers", interval=1)
-        trace.mark("scale-up decided")
-        # 120,000 events at 2,000 per replica ask for far more than 4 workers.
-        wait_for(limited_at_the_cap, 120, "the HPA to stop at the partitions", interval=1)
-        trace.mark("HPA limited at the partitions")
-        wait_for(lambda: step.ready() > 1, 180, "new worker pods to be ready", interval=1)
-        trace.mark("new pods ready")
-        # The new pods joined the group: more than one member, each owning partitions, all
-        # partitions owned.
-        wait_for(
-            lambda: (
-                len(m := step.members()) > 1
-                and all(m.values())
-                and set().union(*m.values()) == set(range(PARTITIONS))
-            ),
-            120,
-            "the partitions to spread over the new members",
-            interval=1,
-        )
-        trace.mark("partitions spread")
+            wait_for(lambda: step.desired() > 1, 120, "the HPA to want more workers", interval=1)
+            trace.mark("scale-up decided")
+            # 120,000 events at 2,000 per replica ask for far more than 4 workers.
+            wait_for(limited_at_the_cap, 120, "the HPA to stop at the partitions", interval=1)
+            trace.mark("HPA limited at the partitions")
+            wait_for(lambda: step.ready() > 1, 180, "new worker pods to be ready", interval=1)
+            trace.mark("new pods ready")
+            # The new pods joined the group: more than one member, each owning partitions, all
+            # partitions owned.
+            wait_for(
+                lambda: (
+                    len(m := step.members()) > 1
+                    and all(m.values())
+                    and set().union(*m.values()) == set(range(PARTITIONS))
+                ),
+                120,
+                "the partitions to spread over the new members",
+                interval=1,
+            )
+            trace.mark("partitions spread")
 
-        wait_for(lambda: step.lag() == 0, 240, "the lag to drain", interval=2)
-        trace.mark("lag drained")
-        records = asyncio.run(
-            consume_all(bootstrap, f"{name}-tagged", BURST, timeout=120, settle=3)
-        )
-        trace.mark(f"{len(records)} outputs read")
-        outputs = sorted(json.loads(r.value)["n"] for r in records)
-        assert outputs == list(range(BURST)), "every event exactly once"
-        assert all(json.loads(r.value)["doubled"] == 2 * json.loads(r.value)["n"] for r in records)
-        assert 2 <= step.watch.peak <= PARTITIONS, "never more workers than partitions"
+            wait_for(lambda: step.lag() == 0, 240, "the lag to drain", interval=2)
+            trace.mark("lag drained")
+            records = asyncio.run(
+                consume_all(bootstrap, f"{name}-tagged", BURST, timeout=120, settle=3)
+            )
+            trace.mark(f"{len(records)} outputs read")
+            outputs = sorted(json.loads(r.value)["n"] for r in records)
+            assert outputs == list(range(BURST)), "every event exactly once"
+            assert all(
+                json.loads(r.value)["doubled"] == 2 * json.loads(r.value)["n"] for r in records
+            )
+            assert 2 <= step.watch.peak <= PARTITIONS, "never more workers than partitions"
 
-        # Scale-down: 20 s of low lag, then at most half per minute, so 4 -> 2 -> 1.
-        wait_for(lambda: step.desired() == 1, 240, "the HPA to come back to one worker", interval=2)
-        trace.mark("HPA back at one worker")
-        wait_for(
-            lambda: step.ready() == 1 and len(step.members()) == 1,
-            120,
-            "one worker left",
-            interval=2,
-        )
-        trace.mark("one worker left")
+            # Scale-down: 20 s of low lag, then at most half per minute, so 4 -> 2 -> 1.
+            wait_for(
+                lambda: step.desired() == 1, 240, "the HPA to come back to one worker", interval=2
+            )
+            trace.mark("HPA back at one worker")
+            wait_for(
+                lambda: step.ready() == 1 and len(step.members()) == 1,
+                120,
+                "one worker left",
+                interval=2,
+            )
+            trace.mark("one worker left")
+        except TimeoutError as err:
+            # Which link broke: the HPA, the metric, or the pods (probes, restarts).
+            raise AssertionError(f"{err}\n{step.diagnosis()}\n{step.pods_report()}") from None
