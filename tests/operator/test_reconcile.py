@@ -650,7 +650,11 @@ def test_replay_holds_the_step_at_zero_runs_the_reset_job_then_scales_back(
 
     wait_for(holding, CHILDREN_TIMEOUT, "the step held at zero and the reset Job")
     assert cluster.pipeline(op_namespace, name)["status"]["phase"] == "Replaying"
-    wait_for(lambda: cluster.finish_job_pods(op_namespace, job, 0), 10, "the Job's pod")
+    # Bounds as generous as the others here: the Job controller, the operator's next
+    # reconcile and the HPA controller each take their turn on two busy cores.
+    wait_for(
+        lambda: cluster.finish_job_pods(op_namespace, job, 0), CHILDREN_TIMEOUT, "the Job's pod"
+    )
 
     def scaled_back() -> dict[str, Any] | None:
         status = cluster.pipeline(op_namespace, name).get("status") or {}
@@ -663,7 +667,9 @@ def test_replay_holds_the_step_at_zero_runs_the_reset_job_then_scales_back(
         )
         return status if done else None
 
-    status = wait_for(scaled_back, 20, "the replay to finish and the step to come back")
+    status = wait_for(
+        scaled_back, CHILDREN_TIMEOUT, "the replay to finish and the step to come back"
+    )
     assert status["replay"] == {
         "id": "r1",
         "step": "by-region",
@@ -674,7 +680,7 @@ def test_replay_holds_the_step_at_zero_runs_the_reset_job_then_scales_back(
     assert live_children(cluster, body) == keys(expected({**body, "spec": body["spec"]}))
     wait_for(
         lambda: cluster.deployment(op_namespace, step)["spec"].get("replicas", 0) >= 1,
-        10,
+        CHILDREN_TIMEOUT,
         "the HPA to scale the step back up",
     )
     assert any(e["reason"] == "Replayed" for e in cluster.events(op_namespace, name))
