@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 
 from flowmill.serving import watermark_fields
 from flowmill.spec import Pipeline, StepSpec
 from flowmill_workers.events import BadEvent, Event, decode, encode, key_of
 from flowmill_workers.runtime.dead_letter import DeadLetter
+from flowmill_workers.runtime.lean_records import FetchedRecord
 from flowmill_workers.sinks.redis_tables import PartitionRange
 from flowmill_workers.steps import windows_columnar
 from flowmill_workers.steps.correlate import Correlator
@@ -40,7 +41,7 @@ class PartitionResult:
     """What one partition's batch produced, before anything is written."""
 
     rng: PartitionRange
-    records: list[ConsumerRecord] = field(default_factory=list)
+    records: list[FetchedRecord] = field(default_factory=list)
     """The batch's input (kept by reference: a batch that cannot be written is
     dead-lettered whole)."""
     windows: WindowBatch | SessionBatch | None = None
@@ -168,7 +169,7 @@ class BatchCompute:
         if self.correlator is not None:
             self.correlator.drop([tp for tp in partitions if tp.topic == self.step.from_])
 
-    def partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> PartitionResult:
+    def partition(self, tp: TopicPartition, records: list[FetchedRecord]) -> PartitionResult:
         """One partition's batch; its position moves on at once (the next batch starts
         where this one ends, even before this one is written)."""
         first, watermark = self.positions.get(tp, (None, None))
@@ -212,7 +213,7 @@ class BatchCompute:
         return out
 
     def _try_columnar(
-        self, result: PartitionResult, records: list[ConsumerRecord], watermark: int | None
+        self, result: PartitionResult, records: list[FetchedRecord], watermark: int | None
     ) -> bool:
         """The batch through the columnar path, if the step has one and the batch fits.
         A step whose events never fit (text times, say) would decode every batch twice:
@@ -232,7 +233,11 @@ class BatchCompute:
         self._columnar_misses = 0
         result.windows, late, result.watermark = fast
         for i, ts, met in late:
-            result.dead.append(DeadLetter(records[i], _late_reason(met, ts)))
+            result.dead.append(
+                DeadLetter(
+                    result.rng.topic, result.rng.partition, records[i], _late_reason(met, ts)
+                )
+            )
         result.events_out = len(records) - len(late)
         return True
 
@@ -240,7 +245,7 @@ class BatchCompute:
         self,
         tp: TopicPartition,
         result: PartitionResult,
-        records: list[ConsumerRecord],
+        records: list[FetchedRecord],
         watermark: int | None,
     ) -> None:
         correlator = self.correlator
@@ -262,7 +267,7 @@ class BatchCompute:
                 for out in produced:
                     watermark = self._route(result, out, record, watermark)
             except BadEvent as err:
-                result.dead.append(DeadLetter(record, err.reason))
+                result.dead.append(DeadLetter(tp.topic, tp.partition, record, err.reason))
         if correlator is not None:
             for expired in correlator.expire(tp):
                 for out in run_stages(self.stages, expired):
@@ -270,7 +275,7 @@ class BatchCompute:
         result.watermark = watermark
 
     def _route(
-        self, result: PartitionResult, event: Event, record: ConsumerRecord, watermark: int | None
+        self, result: PartitionResult, event: Event, record: FetchedRecord, watermark: int | None
     ) -> int | None:
         if self.sessions is not None and isinstance(result.windows, SessionBatch):
             key = key_of(event, self.sessions.key_field)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiokafka import ConsumerRecord
-
 from flowmill.spec.topology import (
     DEAD_LETTER_MAX_REASON,
     DEAD_LETTER_ORIGIN_HEADERS,
@@ -14,15 +12,18 @@ from flowmill.spec.topology import (
     DEAD_LETTER_STEP_HEADER,
     DEAD_LETTER_TIMESTAMP_HEADER,
 )
+from flowmill_workers.runtime.lean_records import FetchedRecord
 
 REASON_HEADER = DEAD_LETTER_REASON_HEADER
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A consumed record that could not be processed, and the reason."""
+    """A consumed record that could not be processed, where it was read, and the reason."""
 
-    record: ConsumerRecord
+    topic: str
+    partition: int
+    record: FetchedRecord
     reason: str
 
 
@@ -37,8 +38,8 @@ def dead_letter_record(
         (REASON_HEADER, dead.reason[:DEAD_LETTER_MAX_REASON].encode("utf-8", "replace")),
         (DEAD_LETTER_PIPELINE_HEADER, pipeline.encode()),
         (DEAD_LETTER_STEP_HEADER, step.encode()),
-        (topic_header, r.topic.encode()),
-        (partition_header, str(r.partition).encode()),
+        (topic_header, dead.topic.encode()),
+        (partition_header, str(dead.partition).encode()),
         (offset_header, str(r.offset).encode()),
         (DEAD_LETTER_TIMESTAMP_HEADER, str(r.timestamp).encode()),
     ]

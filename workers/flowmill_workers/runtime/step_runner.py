@@ -24,6 +24,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from flowmill.kafka_security import PLAINTEXT, KafkaClientSecurity
 from flowmill.spec import Pipeline, StepSpec
 from flowmill.spec.topology import consumer_group
+from flowmill_workers.runtime import lean_records
 from flowmill_workers.runtime.batch_compute import (
     BatchCompute,
     Checkpoint,
@@ -34,6 +35,7 @@ from flowmill_workers.runtime.durability import WriteRetry, choose_durability
 from flowmill_workers.runtime.durability.base import BatchFenced, Resume
 from flowmill_workers.runtime.durability.group_fence import request_rejoin
 from flowmill_workers.runtime.kafka_outputs import KafkaOutputs
+from flowmill_workers.runtime.lean_records import RAW_RECORDS
 from flowmill_workers.runtime.metrics import WorkerMetrics
 from flowmill_workers.runtime.shutdown import StopState
 from flowmill_workers.steps.windows import WindowAggregator
@@ -188,6 +190,8 @@ class StepRunner:
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=8 << 20,
             fetch_max_bytes=64 << 20,
+            # The parser's records, not a ConsumerRecord each (lean_records says why).
+            value_deserializer=RAW_RECORDS if lean_records.install() else None,
             **self.config.security.kwargs(),
         )
         await self.consumer.start()

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from flowmill.kafka_security import KafkaClientSecurity
 from flowmill.spec import Pipeline, StepSpec, changelog_topic, duration_seconds
 from flowmill_workers.events import BadEvent, Event, key_of
+from flowmill_workers.runtime.lean_records import FetchedRecord
 
 
 @dataclass(slots=True)
@@ -97,7 +98,7 @@ class Correlator:
     def begin(self, tp: TopicPartition) -> None:
         self.pending.setdefault(tp.partition, {})
 
-    def accept(self, tp: TopicPartition, record: ConsumerRecord, event: Event) -> list[Event]:
+    def accept(self, tp: TopicPartition, record: FetchedRecord, event: Event) -> list[Event]:
         """Hold the event, or complete its pair: returns the joined events."""
         side = "left" if tp.topic == self.left_topic else "right"
         key = key_of(event, self.key_field)

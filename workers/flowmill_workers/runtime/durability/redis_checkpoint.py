@@ -384,7 +384,9 @@ class RedisCheckpoint(Durability):
     async def _dead_letter_batch(self, r: PartitionResult, reason: str) -> None:
         """The batch cannot be written as it is: its records go to the dead-letter topic
         (before the checkpoint moves past them, so they are not lost either way)."""
-        await self.outputs.send_dead([DeadLetter(rec, reason) for rec in r.records])
+        await self.outputs.send_dead(
+            [DeadLetter(r.rng.topic, r.rng.partition, rec, reason) for rec in r.records]
+        )
         self.metrics.labels(self.metrics.batches_dead_lettered).inc()
         log.error(
             "dead-lettered %d record(s) of %s offsets [%d, %d) and moved past them: %s",
