@@ -137,7 +137,7 @@ class Cluster:
         return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
 
     def wait_condition(
-        self, namespace: str, name: str, kind: str, status: str, timeout: float = 15
+        self, namespace: str, name: str, kind: str, status: str, timeout: float = 60
     ) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
             found = self.condition(namespace, name, kind)

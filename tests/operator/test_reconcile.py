@@ -239,7 +239,11 @@ def test_children_exist_within_seconds(
             want = keys(expected(body))
             started = time.monotonic()
             cluster.create_pipeline(body)
-            wait_for(lambda: want <= live_children(cluster, body), 10, f"children of {name}")  # noqa: B023
+            wait_for(
+                lambda: want <= live_children(cluster, body),  # noqa: B023
+                CHILDREN_TIMEOUT,
+                f"children of {name}",
+            )
             timings.append(done[name] - started)
         delete_pipelines(cluster, namespace)
     print("\n[operator] Pipeline applied -> all children exist:", [round(t, 2) for t in timings])
@@ -267,7 +271,7 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
                 op_namespace, label_selector="flowmill.dev/step=by-region"
             ).items
         ),
-        10,
+        CHILDREN_TIMEOUT,
         "the first ReplicaSet",
     )
 
@@ -337,7 +341,7 @@ def test_update_changes_children_and_rolls_pods(op_namespace: str, cluster: Clus
             )
             == 2
         ),
-        10,
+        CHILDREN_TIMEOUT,
         "a second ReplicaSet for the changed pod template",
     )
 
@@ -365,7 +369,7 @@ def test_removing_a_step_removes_its_deployment_and_hpa(
     cluster.patch_pipeline(op_namespace, name, spec)
 
     want = keys(expected({**body, "spec": spec}))
-    wait_for(lambda: live_children(cluster, body) == want, 10, "pruned children")
+    wait_for(lambda: live_children(cluster, body) == want, CHILDREN_TIMEOUT, "pruned children")
     assert ("Deployment", op_namespace, second) not in live_children(cluster, body)
     first = naming.step_deployment(name, "by-region")
     assert ("ScaledObject", op_namespace, first) in want
@@ -395,7 +399,7 @@ def test_drift_is_corrected_but_the_hpa_is_not_fought(
     operator_crds.kubectl("delete", "deployment", step, *ns, "--wait=false")
     wait_for(
         lambda: cluster.deployment(op_namespace, step)["metadata"]["uid"] != uid,
-        10,
+        CHILDREN_TIMEOUT,
         "the deleted Deployment to be recreated",
     )
     wait_for(
@@ -416,7 +420,7 @@ def test_drift_is_corrected_but_the_hpa_is_not_fought(
             ]
             == TEST_IMAGE
         ),
-        10,
+        CHILDREN_TIMEOUT,
         "the image to be restored",
     )
 
@@ -426,14 +430,14 @@ def test_drift_is_corrected_but_the_hpa_is_not_fought(
     operator_crds.kubectl("scale", f"deployment/{source}", "--replicas=4", *ns)
     wait_for(
         lambda: cluster.deployment(op_namespace, source)["spec"]["replicas"] == 1,
-        10,
+        CHILDREN_TIMEOUT,
         "the source's replicas to be restored",
     )
     # Another full reconcile after both scales: delete the ConfigMap and see it return.
     operator_crds.kubectl("delete", "configmap", naming.config_map(name), *ns, "--wait=false")
     wait_for(
         lambda: cluster.core.read_namespaced_config_map(naming.config_map(name), op_namespace),
-        10,
+        CHILDREN_TIMEOUT,
         "the ConfigMap to return",
     )
     assert cluster.deployment(op_namespace, step)["spec"]["replicas"] == 3
@@ -474,7 +478,7 @@ def test_invalid_spec_is_reported_on_its_field_with_no_children(
     cluster.patch_pipeline(op_namespace, name, spec)
     wait_for(
         lambda: keys(expected(body | {"spec": spec})) <= live_children(cluster, body),
-        10,
+        CHILDREN_TIMEOUT,
         "children once fixed",
     )
     cluster.wait_condition(op_namespace, name, "Degraded", "False")
@@ -517,7 +521,11 @@ def test_operator_restarted_mid_reconcile_converges_without_duplicates(
 
     second = OperatorThread(settings).start()
     try:
-        wait_for(lambda: live_children(cluster, body) == want, 10, "convergence after restart")
+        wait_for(
+            lambda: live_children(cluster, body) == want,
+            CHILDREN_TIMEOUT,
+            "convergence after restart",
+        )
         pipeline = cluster.pipeline(namespace, body["metadata"]["name"])
         assert pipeline["metadata"]["finalizers"] == ["flowmill.dev/finalizer"]
         for kind, ns, child in want:
@@ -613,10 +621,18 @@ def test_delete_collects_children_and_cross_namespace_topics(
             return err.status == 404
         return False
 
-    wait_for(pipeline_gone, 10, "the finalizer to release the Pipeline")
+    wait_for(pipeline_gone, CHILDREN_TIMEOUT, "the finalizer to release the Pipeline")
     # The finalizer deleted the topics elsewhere; the garbage collector the rest.
-    wait_for(lambda: not cluster.children(kafka_ns, name), 10, "cross-namespace KafkaTopics to go")
-    wait_for(lambda: not cluster.children(op_namespace, name), 10, "garbage collection of children")
+    wait_for(
+        lambda: not cluster.children(kafka_ns, name),
+        CHILDREN_TIMEOUT,
+        "cross-namespace KafkaTopics to go",
+    )
+    wait_for(
+        lambda: not cluster.children(op_namespace, name),
+        CHILDREN_TIMEOUT,
+        "garbage collection of children",
+    )
 
 
 def test_replay_holds_the_step_at_zero_runs_the_reset_job_then_scales_back(
