@@ -193,7 +193,14 @@ def kill_9_mid_stream(
             before = progress()
             # Start-up, and after a kill the rebalance that waits out the killed member's
             # session: a minute and more on a loaded machine.
-            wait_for(lambda: progress() > before, 120, "a durable batch")  # noqa: B023
+            # Polled tightly: the kill's random delay counts from the durable batch, and a
+            # worker at full speed gets through thousands of events in a 0.1 s poll.
+            wait_for(
+                lambda: progress() > before,  # noqa: B023
+                120,
+                "a durable batch",
+                interval=0.005,
+            )
             time.sleep(rng.uniform(0.0, MAX_KILL_DELAY_S))
         finally:
             os.kill(worker.pid, signal.SIGKILL)  # also when the wait failed: none left behind

@@ -153,7 +153,7 @@ async def test_final_windows_once_through_kill_9_and_an_hourly_rollup(
     manifest.write_text(yaml.safe_dump(p.to_manifest()))
     create_topics(kafka_broker, p)
     rng = random.Random(12)
-    n = 6000
+    n = 20_000  # enough that a worker at full speed is mid-stream at the kill
     events = [
         {"k": f"k{rng.randrange(8)}", "t": BASE_MS + i * 150 * MIN // n, "v": rng.randrange(1000)}
         for i in range(n)
