@@ -215,8 +215,9 @@ def test_children_exist_within_seconds(
     (30 s resync), 10 Pipelines in a namespace it already watches.
 
     The design's p99 <= 2 s is a benchmark target, and timed tests must not assert
-    benchmarks (other suites share these CPUs); this asserts "within seconds" and
-    reports the numbers (pytest --junitxml keeps them as properties).
+    benchmarks (other suites share these CPUs: one CI run saw 11.8 s once); this asserts
+    the suite's bound for an operator reaction and reports the numbers (pytest --junitxml
+    keeps them as properties; `make bench` measures p50/p99 over 50 Pipelines).
     """
     import secrets
 
@@ -250,7 +251,7 @@ def test_children_exist_within_seconds(
     timings.sort()
     record_property("children_seconds_p50", round(timings[4], 3))
     record_property("children_seconds_max", round(timings[-1], 3))
-    assert timings[-1] < 10.0, timings
+    assert timings[-1] < CHILDREN_TIMEOUT, timings
 
 
 def _spec(path: Any) -> dict[str, Any]:
