@@ -198,13 +198,13 @@ def measure(
         # At saturation (the rows above) p99 is the queue of `connections` requests by
         # definition; the target's p99 is at half the bare app's rate, offered at a fixed
         # pace whatever the answers take (open loop), to the bare app and flowmill alike.
-        bare_closed = _median_rps(results[scenarios[0][0]])
-        offered = round(PACED_SHARE * bare_closed, -2)
-        for share in (PACED_SHARE, CALM_SHARE):
-            rate = round(share * bare_closed, -2)
-            labels = {name: f"{name}, {rate:,.0f} req/s offered" for name, _, _ in paced_scenarios}
-            if share == PACED_SHARE:
-                paced_names = labels
+        bare_rps = _median_rps(results[scenarios[0][0]])
+        labelled = [
+            (rate, {name: f"{name}, {rate:,.0f} req/s offered" for name, _, _ in paced_scenarios})
+            for rate in (round(share * bare_rps, -2) for share in (PACED_SHARE, CALM_SHARE))
+        ]
+        offered, paced_names = labelled[0]  # the target's rate
+        for rate, labels in labelled:
             for label in labels.values():
                 results[label] = []
             for r in range(runs):
@@ -227,7 +227,6 @@ def measure(
         for proc in (api, bare, bare_fm):
             proc.terminate()
             proc.wait(15)
-    bare_rps = _median_rps(results[scenarios[0][0]])
     rows: list[dict[str, Any]] = []
     for name, rs in results.items():
         closed = "offered" not in name and name != redis_name

@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 GROUP, VERSION, PLURAL = "flowmill.dev", "v1alpha1", "pipelines"
 STRIMZI = ("kafka.strimzi.io", "v1", "kafkatopics")
+CHILDREN_TIMEOUT = 60.0
+"""How long a test waits for the operator's reaction (children, conditions): a bound for a
+loaded machine (the suite on two cores saw over 15 s), not a speed target."""
 
 CHILD_PATHS = (
     ("ConfigMap", "/api/v1"),
@@ -137,7 +140,7 @@ class Cluster:
         return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
 
     def wait_condition(
-        self, namespace: str, name: str, kind: str, status: str, timeout: float = 60
+        self, namespace: str, name: str, kind: str, status: str, timeout: float = CHILDREN_TIMEOUT
     ) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
             found = self.condition(namespace, name, kind)

@@ -25,6 +25,7 @@ from tests.harness.kube import KubeControlPlane
 from tests.harness.waiting import wait_for
 from tests.operator.fixtures import TEST_IMAGE, TEST_RENDER
 from tests.operator.helpers import (
+    CHILDREN_TIMEOUT,
     Cluster,
     example_files,
     for_namespace,
@@ -35,8 +36,6 @@ SKETCH = example_files()[0]
 FULL = example_files()[1]
 # The session's CRDs include PodMonitor, so the operator (pod monitors: auto) adds one.
 EXPECTED_SETTINGS = TEST_RENDER.model_copy(update={"pod_monitor": True})
-CHILDREN_TIMEOUT = 60.0
-"""A bound for a loaded machine (the suite on two cores saw over 15 s), not a speed target."""
 
 EXAMPLES = [(path, document) for path in example_files() for document in pipeline_documents(path)]
 
